@@ -1,0 +1,69 @@
+# The single human entry point. Every target bootstraps what it needs on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+STAMP := $(VENV)/.installed
+PROTO := protos/seqpredict/v1/seqpredict.proto
+GEN := protos/seqpredict/v1/seqpredict_pb2.py
+CHECKPOINT := models/seqpredict/models/shipped/shakespeare-lstm.pt
+DATA := models/data/shakespeare
+# glibc keeps large freed blocks instead of returning them to the OS every step: 1.6x faster training here.
+TRAIN_ENV := MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=17179869184 MALLOC_TOP_PAD_=1073741824
+TRAIN_FLAGS := --hidden-size 256 --num-layers 2 --embed-dim 64 --dropout 0.2 --batch-size 64 --seq-len 128 \
+	--lr 2e-3 --max-steps 12000 --eval-every 500 --seed 1234
+
+.PHONY: help install gen run test test-fast lint format train eval bench bench-short soak clean
+
+help:
+	@echo "make run        start the server on the shipped checkpoint (127.0.0.1:50051, metrics :9095)"
+	@echo "make test       lint + the whole test suite"
+	@echo "make train      train the default checkpoint from scratch (about an hour on 2 cores)"
+	@echo "make eval       evaluate the shipped checkpoint on the validation plays"
+	@echo "make bench      full benchmark (writes bench/RESULTS.md); make bench-short for a quick one"
+
+$(BIN)/pip:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# torch is pinned exactly: 2.13.0 is a local CPU wheel here; anything looser pulls a CUDA build.
+$(STAMP): pyproject.toml | $(BIN)/pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(STAMP) $(GEN)
+
+$(GEN): $(PROTO) $(STAMP)
+	$(PY) protos/generate.py
+
+gen: $(STAMP)
+	$(PY) protos/generate.py
+
+run: install
+	$(BIN)/seqpredict-server
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+test: lint
+	$(BIN)/pytest -q
+
+test-fast: install
+	$(BIN)/pytest -q -m "not slow"
+
+train: install
+	$(TRAIN_ENV) $(BIN)/seqpredict-train --train $(DATA)/shakespeare-train.txt --val $(DATA)/shakespeare-val.txt \
+		--out $(CHECKPOINT) $(TRAIN_FLAGS)
+
+eval: install
+	$(BIN)/seqpredict-eval $(CHECKPOINT) --text $(DATA)/shakespeare-val.txt
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache protos/seqpredict/v1/*_pb2*.py protos/seqpredict/v1/*_pb2*.pyi
