@@ -81,6 +81,7 @@ def save_checkpoint(
             torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a checkpoint is meant to be read by the server user
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -104,6 +105,9 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         config = ModelConfig.from_dict(dict(payload["architecture"]))
         vocab = Vocabulary(payload["vocabulary"])
         state_dict = dict(payload["state_dict"])
+        training = payload.get("training") or {}
+        if not isinstance(training, dict):
+            raise TypeError(f"training record must be a dict, got {type(training).__name__}")
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: malformed checkpoint: {exc}") from None
     if len(vocab) != config.vocab_size:
@@ -114,7 +118,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         config=config,
         vocab=vocab,
         state_dict=state_dict,
-        training=dict(payload.get("training") or {}),
+        training=dict(training),
         fingerprint=hashlib.sha256(data).hexdigest(),
         path=str(path),
     )

@@ -38,13 +38,25 @@ class CharRNN(nn.Module):
 
     def forward(self, tokens: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         """tokens (B, T) int64 → logits (B, T, V) and the state after the last token."""
+        out, new_state = self.features(tokens, state)
+        return self.head(out), new_state  # (B, T, V)
+
+    def features(self, tokens: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        """tokens (B, T) → top-layer hidden outputs (B, T, H) and the new state.
+
+        Split from the head so a caller that needs logits only at some positions (serving a
+        long prefill) does not pay for the rest.
+        """
         assert tokens.dim() == 2, f"tokens must be (B, T), got shape {tuple(tokens.shape)}"
         if state is None:
             state = self.zero_state(tokens.shape[0], dtype=self.head.weight.dtype)
         x = self.embed(tokens)  # (B, T, E)
         rnn_state = state if self.config.cell == "lstm" else state[0]
         out, new_state = self.rnn(x, rnn_state)  # out: (B, T, H)
-        logits = self.head(out)  # (B, T, V)
         if self.config.cell == "gru":
             new_state = (new_state,)
-        return logits, tuple(new_state)
+        return out, tuple(new_state)
+
+    def next_logits(self, state: State) -> Tensor:
+        """Logits for the next token from a state alone: the head over the top layer's h → (B, V)."""
+        return self.head(state[0][-1])

@@ -1,0 +1,50 @@
+"""`seqpredict-server`: read the settings, serve until SIGTERM/SIGINT, shut down in order."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+from seqpredict.models import CheckpointError
+from seqpredict.server.app import create_server
+from seqpredict.server.config import Settings
+
+log = logging.getLogger("seqpredict.server")
+
+
+async def serve(settings: Settings) -> None:
+    app = await create_server(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("signal received: draining")
+    await app.stop(grace=30.0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        settings = Settings.from_args(argv)
+    except ValueError as exc:
+        print(f"seqpredict-server: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    log.info("settings:\n%s", settings.describe())
+    try:
+        asyncio.run(serve(settings))
+    except CheckpointError as exc:
+        log.error("%s", exc)
+        return 2
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""The server's settings: one frozen object, filled from flags and SEQPREDICT_* variables.
+
+This module is the only reader of the environment. Precedence: flag > environment >
+default. Every value is checked here, so a bad setting stops the server at start-up with
+a message naming the setting, never later with a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "SEQPREDICT_"
+
+
+def default_checkpoint() -> str:
+    """The checkpoint shipped inside the package."""
+    return str(resources.files("seqpredict.models") / "shipped" / "shakespeare-lstm.pt")
+
+
+def _meta(help: str, **kw: Any) -> dict[str, Any]:
+    return {"help": help, **kw}
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Where to listen. Loopback by default: exposing the service is a deliberate choice.
+    host: str = dataclasses.field(default="127.0.0.1", metadata=_meta("gRPC listen address"))
+    port: int = dataclasses.field(default=50051, metadata=_meta("gRPC port (0: pick a free one)"))
+    metrics_host: str = dataclasses.field(default="127.0.0.1", metadata=_meta("metrics HTTP listen address"))
+    metrics_port: int = dataclasses.field(default=9095, metadata=_meta("metrics HTTP port (0: pick a free one)"))
+    checkpoint: str = dataclasses.field(default_factory=default_checkpoint, metadata=_meta("checkpoint file to serve"))
+
+    # Batching. 256 sessions per batch amortises the per-batch cost; 0 delay never waits.
+    max_batch_size: int = dataclasses.field(default=256, metadata=_meta("sessions per engine batch (1: no batching)"))
+    max_batch_tokens: int = dataclasses.field(default=2048, metadata=_meta("tokens per engine batch"))
+    prefill_chunk: int = dataclasses.field(default=512, metadata=_meta("longest piece of one request per batch"))
+    max_delay_ms: float = dataclasses.field(default=0.0, metadata=_meta("wait this long for a batch to fill"))
+    torch_threads: int = dataclasses.field(
+        default=1, metadata=_meta("torch threads; 1 is fastest when other processes share the cores")
+    )
+    state_dtype: str = dataclasses.field(
+        default="float32", metadata=_meta("storage of idle session state: float32, bfloat16 or float16")
+    )
+
+    # Sessions.
+    max_sessions: int = dataclasses.field(default=100_000, metadata=_meta("sessions held at once"))
+    session_policy: str = dataclasses.field(
+        default="evict", metadata=_meta("at the session limit: evict (least recently used) or reject")
+    )
+    idle_ttl_s: float = dataclasses.field(default=3600.0, metadata=_meta("seconds before an idle session expires"))
+
+    # Limits on requests.
+    max_tokens_per_request: int = dataclasses.field(default=8192, metadata=_meta("tokens in one request"))
+    max_generate_tokens: int = dataclasses.field(default=4096, metadata=_meta("tokens one Generate may produce"))
+    max_message_bytes: int = dataclasses.field(default=4 * 1024 * 1024, metadata=_meta("largest request message"))
+    max_streams: int = dataclasses.field(default=4096, metadata=_meta("concurrent RPCs before RESOURCE_EXHAUSTED"))
+    session_queue_limit: int = dataclasses.field(default=64, metadata=_meta("requests queued per session"))
+    queue_limit: int = dataclasses.field(default=100_000, metadata=_meta("requests queued in total"))
+
+    reflection: bool = dataclasses.field(default=True, metadata=_meta("serve gRPC server reflection"))
+    log_level: str = dataclasses.field(default="INFO", metadata=_meta("DEBUG, INFO, WARNING or ERROR"))
+
+    def __post_init__(self) -> None:
+        positive = ("max_batch_size", "max_batch_tokens", "prefill_chunk", "torch_threads", "max_sessions",
+                    "max_tokens_per_request", "max_generate_tokens", "max_message_bytes", "max_streams",
+                    "session_queue_limit", "queue_limit")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("port", "metrics_port"):
+            if not 0 <= getattr(self, name) <= 65535:
+                raise ValueError(f"{name} must be a port number 0-65535, got {getattr(self, name)}")
+        if self.max_delay_ms < 0 or self.idle_ttl_s <= 0:
+            raise ValueError("max_delay_ms must be >= 0 and idle_ttl_s > 0")
+        if self.state_dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"state_dtype must be float32, bfloat16 or float16, got {self.state_dtype!r}")
+        if self.session_policy not in ("evict", "reject"):
+            raise ValueError(f"session_policy must be 'evict' or 'reject', got {self.session_policy!r}")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ValueError(f"log_level must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
+        if not Path(self.checkpoint).is_file():
+            raise ValueError(f"checkpoint {self.checkpoint} does not exist or is not a file")
+
+    def describe(self) -> str:
+        """One line per setting, for the start-up log."""
+        return "\n".join(f"  {f.name} = {getattr(self, f.name)!r}" for f in fields(self))
+
+    @classmethod
+    def from_args(cls, argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+        """Flags override SEQPREDICT_* variables, which override the defaults."""
+        environ = os.environ if environ is None else environ
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            flag_value = getattr(args, f.name)
+            if flag_value is not None:
+                values[f.name] = flag_value
+            elif ENV_PREFIX + f.name.upper() in environ:
+                raw = environ[ENV_PREFIX + f.name.upper()]
+                try:
+                    values[f.name] = _convert(f, raw)
+                except ValueError:
+                    raise ValueError(f"{ENV_PREFIX}{f.name.upper()}={raw!r} is not a valid {_type_name(f)}") from None
+        return cls(**values)
+
+
+def _type_name(f: dataclasses.Field) -> str:
+    return {"int": "integer", "float": "number", "bool": "boolean (true/false)"}.get(str(f.type), "string")
+
+
+def _convert(f: dataclasses.Field, raw: str) -> Any:
+    kind = str(f.type)
+    if kind == "int":
+        return int(raw)
+    if kind == "float":
+        return float(raw)
+    if kind == "bool":
+        lowered = raw.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(raw)
+    return raw
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="seqpredict-server",
+        description="Serve a stateful sequence model over gRPC. Every flag can also be set as "
+        "SEQPREDICT_<NAME> (e.g. SEQPREDICT_MAX_SESSIONS=1000); flags win.",
+    )
+    for f in fields(Settings):
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else "the shipped checkpoint"
+        help_text = f"{f.metadata.get('help', '')} (default: {default}; env {ENV_PREFIX}{f.name.upper()})"
+        if str(f.type) == "bool":
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            kind = {"int": int, "float": float}.get(str(f.type), str)
+            parser.add_argument(flag, dest=f.name, type=kind, default=None, help=help_text)
+    return parser

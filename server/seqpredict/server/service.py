@@ -1,0 +1,308 @@
+"""The gRPC servicer: protobuf in, jobs to the scheduler, protobuf out. No tensor math here.
+
+Per-request problems on a Predict stream are answered in-band (`PredictResponse.error`) so
+the stream and its other sessions go on; problems with a whole call end it with a status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+from grpc import aio
+
+from seqpredict.models import Checkpoint
+from seqpredict.server.errors import Code, RequestFailed, code_name
+from seqpredict.server.jobs import GenerateEvent, GenerateJob, PredictJob, PredictResult, SessionJob, TopK
+from seqpredict.server.metrics import Metrics
+from seqpredict.server.scheduler import Scheduler
+from seqpredict.server.sessions import SessionRecord
+from seqpredict.server.validation import DEFAULT_TOP_K, Validator
+from seqpredict.v1 import seqpredict_pb2 as pb
+from seqpredict.v1 import seqpredict_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+GRPC_CODES = {c.value[0]: c for c in grpc.StatusCode}
+POSITION_METADATA = "seqpredict-position"
+_FINISH = {"max_tokens": pb.FINISH_REASON_MAX_TOKENS, "stop": pb.FINISH_REASON_STOP}
+_END_OF_STREAM = object()
+
+
+async def abort(context: aio.ServicerContext, error: RequestFailed) -> None:
+    """End the call with the error's status; FAILED_PRECONDITION carries the position as metadata."""
+    trailing = () if error.position is None else ((POSITION_METADATA, str(error.position)),)
+    await context.abort(GRPC_CODES[int(error.code)], error.message, trailing_metadata=trailing)
+
+
+def unexpected_errors_are_internal(handler: Callable[..., Any]) -> Callable[..., Any]:
+    """Log a bug with its traceback and answer INTERNAL instead of grpc's opaque UNKNOWN."""
+
+    async def report(context: aio.ServicerContext, exc: Exception) -> None:
+        log.exception("unexpected error in %s", handler.__name__)
+        await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}")
+
+    if getattr(handler, "_streaming", False):
+
+        @functools.wraps(handler)
+        async def streaming(self: Any, request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
+            try:
+                async for item in handler(self, request, context):
+                    yield item
+            except (asyncio.CancelledError, aio.AbortError):
+                raise
+            except Exception as exc:
+                await report(context, exc)
+
+        return streaming
+
+    @functools.wraps(handler)
+    async def unary(self: Any, request: Any, context: aio.ServicerContext) -> Any:
+        try:
+            return await handler(self, request, context)
+        except (asyncio.CancelledError, aio.AbortError):
+            raise
+        except Exception as exc:
+            await report(context, exc)
+
+    return unary
+
+
+def streaming(handler: Callable[..., Any]) -> Callable[..., Any]:
+    handler._streaming = True  # type: ignore[attr-defined]
+    return handler
+
+
+class SequencePredictorService(pb_grpc.SequencePredictorServicer):
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        validator: Validator,
+        checkpoint: Checkpoint,
+        model_info: pb.ModelInfo,
+        metrics: Metrics,
+    ) -> None:
+        self.scheduler = scheduler
+        self.validator = validator
+        self.metrics = metrics
+        self.model_info = model_info
+        # id → text, resolved once: building a TokenProbability must not touch the vocabulary object.
+        self._texts = checkpoint.vocab.chars
+        self._invalid_requests = {
+            kind: metrics.requests.labels(kind, code_name(Code.INVALID_ARGUMENT)) for kind in ("predict", "generate")
+        }
+
+    # -- Predict -------------------------------------------------------------------------------------
+    @unexpected_errors_are_internal
+    @streaming
+    async def Predict(self, request_iterator: AsyncIterator[pb.PredictRequest], context: aio.ServicerContext):
+        async for responses in self._answer_in_order(request_iterator, lambda req: [self._submit(req)]):
+            yield responses[0]
+
+    @unexpected_errors_are_internal
+    @streaming
+    async def PredictMany(self, request_iterator: AsyncIterator[pb.PredictManyRequest], context: aio.ServicerContext):
+        def submit_all(message: pb.PredictManyRequest) -> list[tuple[pb.PredictRequest, Any]]:
+            return [self._submit(req) for req in message.requests]
+
+        async for responses in self._answer_in_order(request_iterator, submit_all):
+            yield pb.PredictManyResponse(responses=responses)
+
+    async def _answer_in_order(
+        self, request_iterator: AsyncIterator[Any], submit: Callable[[Any], list[tuple[pb.PredictRequest, Any]]]
+    ) -> AsyncIterator[list[pb.PredictResponse]]:
+        """Read requests in a task of their own (so many can be in flight) and answer in order."""
+        pending: asyncio.Queue[Any] = asyncio.Queue()
+
+        async def read() -> None:
+            try:
+                async for message in request_iterator:
+                    pending.put_nowait(submit(message))
+                pending.put_nowait(_END_OF_STREAM)
+            except Exception as exc:  # a broken stream ends the call; the writer re-raises it
+                pending.put_nowait(exc)
+
+        self.metrics.streams_active.inc()
+        reader = asyncio.create_task(read())
+        try:
+            while True:
+                item = await pending.get()
+                if item is _END_OF_STREAM:
+                    return
+                if isinstance(item, Exception):
+                    raise item
+                yield [await self._response(req, outcome) for req, outcome in item]
+        finally:
+            self.metrics.streams_active.dec()
+            reader.cancel()
+            # Whatever is still queued for this stream will never be read: drop it before batching.
+            while not pending.empty():
+                item = pending.get_nowait()
+                if isinstance(item, list):
+                    for _, outcome in item:
+                        if isinstance(outcome, PredictJob):
+                            outcome.cancelled = True
+
+    def _submit(self, req: pb.PredictRequest) -> tuple[pb.PredictRequest, PredictJob | PredictResult]:
+        received = time.perf_counter()
+        v = self.validator
+        try:
+            job = PredictJob(
+                v.session_id(req.session_id),
+                received,
+                tokens=v.tokens(req.tokens, req.text),
+                top_k=v.top_k(req.top_k if req.HasField("top_k") else None, DEFAULT_TOP_K),
+                all_steps=req.all_steps,
+                reset=req.reset,
+                end=req.end,
+                expected_position=req.expected_position if req.HasField("expected_position") else None,
+                future=asyncio.get_running_loop().create_future(),
+            )
+            self.scheduler.submit(job)
+            return req, job
+        except RequestFailed as exc:
+            if exc.code == Code.INVALID_ARGUMENT:
+                self._invalid_requests["predict"].inc()
+            return req, PredictResult(position=0, error=exc)
+
+    async def _response(self, req: pb.PredictRequest, outcome: PredictJob | PredictResult) -> pb.PredictResponse:
+        result = outcome if isinstance(outcome, PredictResult) else await outcome.future  # type: ignore[misc]
+        response = pb.PredictResponse(
+            session_id=req.session_id,
+            request_id=req.request_id,
+            position=result.position,
+            created=result.created,
+            ended=result.ended,
+            next=self._top(result.next),
+        )
+        if result.steps is not None:
+            response.steps.extend(pb.StepPrediction(top=self._top(step)) for step in result.steps)
+        if result.error is not None:
+            response.error.code = int(result.error.code)
+            response.error.message = result.error.message
+        return response
+
+    def _top(self, top: TopK) -> list[pb.TokenProbability]:
+        texts = self._texts
+        return [pb.TokenProbability(id=t, text=texts[t], probability=p, log_probability=lp) for t, p, lp in top]
+
+    # -- Generate ------------------------------------------------------------------------------------
+    @unexpected_errors_are_internal
+    @streaming
+    async def Generate(self, request: pb.GenerateRequest, context: aio.ServicerContext):
+        v = self.validator
+        try:
+            job = GenerateJob(
+                v.session_id(request.session_id),
+                time.perf_counter(),
+                prompt=v.tokens(request.prompt_tokens, request.prompt_text, "prompt"),
+                max_tokens=v.max_tokens(request.max_tokens),
+                temperature=v.temperature(request.temperature if request.HasField("temperature") else None),
+                top_k=v.top_k(request.top_k if request.HasField("top_k") else None, None),
+                top_p=v.top_p(request.top_p if request.HasField("top_p") else None),
+                rng=random.Random(request.seed if request.HasField("seed") else None),
+                stop=v.stop(request.stop),
+                reset=request.reset,
+                end=request.end,
+                expected_position=request.expected_position if request.HasField("expected_position") else None,
+                sink=asyncio.Queue(),
+            )
+            self.scheduler.submit(job)
+        except RequestFailed as exc:
+            if exc.code == Code.INVALID_ARGUMENT:
+                self._invalid_requests["generate"].inc()
+            await abort(context, exc)
+            return
+        self.metrics.streams_active.inc()
+        try:
+            while True:
+                event: GenerateEvent = await job.sink.get()  # type: ignore[union-attr]
+                if event.error is not None:
+                    await abort(context, event.error)
+                yield pb.GenerateResponse(
+                    token=event.token,
+                    text=self._texts[event.token],
+                    position=event.position,
+                    created=event.created,
+                    finish_reason=_FINISH.get(event.finish, pb.FINISH_REASON_UNSPECIFIED),
+                    stop=event.stop,
+                    probability=event.probability,
+                )
+                if event.finish:
+                    return
+        finally:
+            self.metrics.streams_active.dec()
+            job.cancelled = True  # cancelled or aborted: stop generating before the next batch
+
+    # -- sessions and model --------------------------------------------------------------------------
+    @unexpected_errors_are_internal
+    async def GetSession(self, request: pb.GetSessionRequest, context: aio.ServicerContext) -> pb.SessionInfo:
+        record = await self._session_op(request.session_id, end=False, context=context)
+        assert isinstance(record, SessionRecord)
+        return pb.SessionInfo(
+            session_id=record.session_id,
+            position=record.position,
+            created_at=_timestamp(record.created_at),
+            last_used_at=_timestamp(record.last_used_at),
+            expires_at=_timestamp(record.expires_at),
+        )
+
+    @unexpected_errors_are_internal
+    async def EndSession(self, request: pb.EndSessionRequest, context: aio.ServicerContext) -> pb.EndSessionResponse:
+        position = await self._session_op(request.session_id, end=True, context=context)
+        assert isinstance(position, int)
+        return pb.EndSessionResponse(session_id=request.session_id, position=position)
+
+    async def _session_op(self, session_id: str, end: bool, context: aio.ServicerContext) -> object:
+        try:
+            job = SessionJob(
+                self.validator.session_id(session_id),
+                time.perf_counter(),
+                end=end,
+                future=asyncio.get_running_loop().create_future(),
+            )
+            self.scheduler.submit(job)
+            result = await job.future  # type: ignore[misc]
+        except RequestFailed as exc:
+            result = exc
+        if isinstance(result, RequestFailed):
+            await abort(context, result)
+        return result
+
+    @unexpected_errors_are_internal
+    async def GetModelInfo(self, request: pb.GetModelInfoRequest, context: aio.ServicerContext) -> pb.ModelInfo:
+        return self.model_info
+
+
+def build_model_info(checkpoint: Checkpoint, limits: pb.ServerLimits, state_bytes: int) -> pb.ModelInfo:
+    cfg = checkpoint.config
+    return pb.ModelInfo(
+        name=checkpoint.path.rsplit("/", 1)[-1],
+        fingerprint=checkpoint.fingerprint,
+        architecture=pb.Architecture(
+            cell=cfg.cell,
+            vocab_size=cfg.vocab_size,
+            embed_dim=cfg.embed_dim,
+            hidden_size=cfg.hidden_size,
+            num_layers=cfg.num_layers,
+            state_names=list(cfg.state_names),
+        ),
+        vocabulary=list(checkpoint.vocab.chars),
+        training_record_json=json.dumps(checkpoint.training, sort_keys=True),
+        state_bytes_per_session=state_bytes,
+        limits=limits,
+    )
+
+
+def _timestamp(seconds: float) -> Timestamp:
+    ts = Timestamp()
+    ts.FromNanoseconds(int(seconds * 1e9))
+    return ts

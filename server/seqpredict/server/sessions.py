@@ -1,0 +1,224 @@
+"""The state pool: every session's recurrent state in preallocated tensors, indexed by slot.
+
+A batch is one gather (`index_select` on the batch dimension) and one scatter
+(`index_copy_`). An idle session costs its state bytes, 24 bytes of bookkeeping arrays
+and one ordered-dict entry; nothing else is allocated per session. The pool is touched
+only by the inference thread, so it holds no locks.
+
+Layout: one tensor per state name ("h", "c"), each (num_layers, capacity, hidden) — the
+nn.LSTM layout with the batch dimension standing for slots. Storage may be bf16/fp16 to
+halve idle memory; gathers always return float32.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from seqpredict.server.errors import Code, RequestFailed
+
+log = logging.getLogger(__name__)
+
+State = tuple[Tensor, ...]
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    session_id: str
+    position: int
+    created_at: float  # unix seconds
+    last_used_at: float
+    expires_at: float
+
+
+class SessionPool:
+    """Slots, positions, LRU order and idle expiry for up to `max_sessions` sessions."""
+
+    def __init__(
+        self,
+        num_states: int,
+        num_layers: int,
+        hidden_size: int,
+        max_sessions: int,
+        idle_ttl: float,
+        evict_lru: bool = True,
+        dtype: torch.dtype = torch.float32,
+        initial_capacity: int = 1024,
+        on_end: Callable[[str, int], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.max_sessions = max_sessions
+        self.idle_ttl = idle_ttl
+        self.evict_lru = evict_lru
+        self.dtype = dtype
+        self.clock = clock
+        self._on_end = on_end or (lambda reason, n: None)
+        self._shape = (num_layers, hidden_size)
+        self._num_states = num_states
+        self._capacity = 0
+        self._states: list[Tensor] = []
+        self._position = np.zeros(0, dtype=np.int64)
+        self._created = np.zeros(0, dtype=np.float64)
+        self._last_used = np.zeros(0, dtype=np.float64)
+        self._free: list[int] = []
+        self._high_water = 0
+        # session id → slot, least recently used first: eviction and expiry pop from the front.
+        self._lru: OrderedDict[str, int] = OrderedDict()
+        self._grow(min(initial_capacity, max_sessions))
+
+    # -- size -------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._lru)
+
+    def __contains__(self, session_id: str) -> bool:
+        return session_id in self._lru
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    @property
+    def state_bytes(self) -> int:
+        """Bytes allocated for state (all slots, used or not)."""
+        return sum(t.numel() * t.element_size() for t in self._states)
+
+    @property
+    def state_bytes_per_session(self) -> int:
+        L, H = self._shape
+        return self._num_states * L * H * torch.empty(0, dtype=self.dtype).element_size()
+
+    def _grow(self, capacity: int) -> None:
+        """Reallocate to `capacity` slots, copying the used ones (doubling keeps this amortised O(1))."""
+        L, H = self._shape
+        new_states = [torch.empty((L, capacity, H), dtype=self.dtype) for _ in range(self._num_states)]
+        used = self._high_water
+        for new, old in zip(new_states, self._states, strict=False):
+            new[:, :used] = old[:, :used]
+        self._states = new_states
+        for name in ("_position", "_created", "_last_used"):
+            old = getattr(self, name)
+            arr = np.zeros(capacity, dtype=old.dtype)
+            arr[:used] = old[:used]
+            setattr(self, name, arr)
+        self._capacity = capacity
+
+    # -- lookup and lifecycle -----------------------------------------------------------------
+    def slot(self, session_id: str) -> int | None:
+        return self._lru.get(session_id)
+
+    def position(self, slot: int) -> int:
+        return int(self._position[slot])
+
+    def acquire(self, session_id: str, pinned: set[int] | frozenset[int] = frozenset()) -> tuple[int, bool]:
+        """The session's slot, creating it (zero state, position 0) if needed → (slot, created).
+
+        At the session limit the least recently used session not in `pinned` (the batch being
+        formed) is evicted, or — with eviction off — RESOURCE_EXHAUSTED is raised.
+        """
+        slot = self._lru.get(session_id)
+        if slot is not None:
+            return slot, False
+        if len(self._lru) >= self.max_sessions:
+            if not self.evict_lru:
+                raise RequestFailed(
+                    Code.RESOURCE_EXHAUSTED, f"session limit of {self.max_sessions} reached and eviction is off"
+                )
+            victim = next((sid for sid, s in self._lru.items() if s not in pinned), None)
+            if victim is None:
+                raise RequestFailed(Code.RESOURCE_EXHAUSTED, f"session limit of {self.max_sessions} reached")
+            self.release(victim, "capacity")
+        slot = self._take_slot()
+        for t in self._states:
+            t[:, slot].zero_()
+        now = self.clock()
+        self._position[slot] = 0
+        self._created[slot] = now
+        self._last_used[slot] = now
+        self._lru[session_id] = slot
+        return slot, True
+
+    def _take_slot(self) -> int:
+        if self._free:
+            return self._free.pop()
+        if self._high_water == self._capacity:
+            self._grow(min(self.max_sessions, max(2 * self._capacity, 16)))
+        self._high_water += 1
+        return self._high_water - 1
+
+    def release(self, session_id: str, reason: str) -> int | None:
+        """Free the session's slot; returns its last position (None if it did not exist)."""
+        slot = self._lru.pop(session_id, None)
+        if slot is None:
+            return None
+        self._free.append(slot)
+        self._on_end(reason, 1)
+        return int(self._position[slot])
+
+    def reset(self, slot: int) -> None:
+        for t in self._states:
+            t[:, slot].zero_()
+        self._position[slot] = 0
+
+    def touch(self, session_id: str, slot: int, now: float) -> None:
+        self._last_used[slot] = now
+        self._lru.move_to_end(session_id)
+
+    def advance(self, slot: int, tokens: int) -> None:
+        self._position[slot] += tokens
+
+    def record(self, session_id: str) -> SessionRecord | None:
+        slot = self._lru.get(session_id)
+        if slot is None:
+            return None
+        last = float(self._last_used[slot])
+        return SessionRecord(session_id, int(self._position[slot]), float(self._created[slot]), last, last + self.idle_ttl)
+
+    def expire_idle(self, now: float | None = None) -> int:
+        """Release every session idle for longer than the TTL; oldest first, so this is O(expired)."""
+        deadline = (self.clock() if now is None else now) - self.idle_ttl
+        expired = []
+        for sid, slot in self._lru.items():
+            if self._last_used[slot] > deadline:
+                break
+            expired.append(sid)
+        for sid in expired:
+            self.release(sid, "ttl")
+        return len(expired)
+
+    def release_all(self, reason: str) -> int:
+        ids = list(self._lru)
+        for sid in ids:
+            self.release(sid, reason)
+        return len(ids)
+
+    # -- state ----------------------------------------------------------------------------------
+    def gather(self, slots: Tensor) -> State:
+        """State of `slots` (B,) as float32 tensors (num_layers, B, hidden)."""
+        return tuple(t.index_select(1, slots).float() for t in self._states)
+
+    def scatter(self, slots: Tensor, state: State) -> None:
+        for t, s in zip(self._states, state, strict=True):
+            t.index_copy_(1, slots, s.to(self.dtype))
+
+    def items(self) -> Iterator[tuple[str, int]]:
+        """(session id, slot), least recently used first."""
+        return iter(list(self._lru.items()))
+
+    def bookkeeping(self, slot: int) -> tuple[int, float, float]:
+        return int(self._position[slot]), float(self._created[slot]), float(self._last_used[slot])
+
+    def restore(self, session_id: str, state: State, position: int, created_at: float, last_used_at: float) -> None:
+        """Put back one session read from a snapshot (state tensors (num_layers, hidden))."""
+        slot, _ = self.acquire(session_id)
+        for t, s in zip(self._states, state, strict=True):
+            t[:, slot] = s.to(self.dtype)
+        self._position[slot] = position
+        self._created[slot] = created_at
+        self._last_used[slot] = last_used_at
