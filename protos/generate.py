@@ -48,8 +48,11 @@ def main() -> int:
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         fresh = generate(Path(tmp))
-        stale = [p.name for p in fresh if not (HERE / PACKAGE / p.name).exists()
-                 or not filecmp.cmp(p, HERE / PACKAGE / p.name, shallow=False)]
+        stale = [
+            p.name
+            for p in fresh
+            if not (HERE / PACKAGE / p.name).exists() or not filecmp.cmp(p, HERE / PACKAGE / p.name, shallow=False)
+        ]
     if stale:
         print(f"stale generated code: {', '.join(stale)}; run `make gen`", file=sys.stderr)
         return 1

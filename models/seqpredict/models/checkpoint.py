@@ -49,7 +49,9 @@ class Checkpoint:
             model.load_state_dict(weights, strict=True)
         except RuntimeError as exc:
             detail = " ".join(str(exc).split())
-            raise CheckpointError(f"{self.path or 'checkpoint'}: weights do not match the architecture: {detail}") from None
+            raise CheckpointError(
+                f"{self.path or 'checkpoint'}: weights do not match the architecture: {detail}"
+            ) from None
         return model.eval()
 
 
@@ -64,7 +66,9 @@ def save_checkpoint(
 
     `half` stores weights as float16 (half the bytes); loading always gives float32.
     """
-    state_dict = {k: (v.detach().half() if half else v.detach().float()).contiguous() for k, v in model.state_dict().items()}
+    state_dict = {
+        k: (v.detach().half() if half else v.detach().float()).contiguous() for k, v in model.state_dict().items()
+    }
     payload = {
         "format": FORMAT_TAG,
         "version": FORMAT_VERSION,
@@ -100,7 +104,9 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         raise CheckpointError(f"{path}: not a seqpredict checkpoint (no '{FORMAT_TAG}' format tag)")
     version = payload.get("version")
     if version != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: unsupported checkpoint format version {version!r} (this server reads {FORMAT_VERSION})")
+        raise CheckpointError(
+            f"{path}: unsupported checkpoint format version {version!r} (this server reads {FORMAT_VERSION})"
+        )
     try:
         config = ModelConfig.from_dict(dict(payload["architecture"]))
         vocab = Vocabulary(payload["vocabulary"])
@@ -111,7 +117,9 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: malformed checkpoint: {exc}") from None
     if len(vocab) != config.vocab_size:
-        raise CheckpointError(f"{path}: vocabulary has {len(vocab)} characters but the architecture says {config.vocab_size}")
+        raise CheckpointError(
+            f"{path}: vocabulary has {len(vocab)} characters but the architecture says {config.vocab_size}"
+        )
     if not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         raise CheckpointError(f"{path}: state_dict holds something other than tensors")
     ckpt = Checkpoint(

@@ -11,7 +11,8 @@ from typing import Any
 def write_curve(rows: list[dict[str, Any]], stem: Path, title: str) -> list[Path]:
     """Write stem.csv, stem.json and stem.png; return the paths written."""
     stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = [stem.with_suffix(".csv"), stem.with_suffix(".json"), stem.with_suffix(".png")]
+    # Appended, not with_suffix: with_suffix turns the stem "model-v0.1-curve" into "model-v0.csv".
+    paths = [stem.with_name(stem.name + ext) for ext in (".csv", ".json", ".png")]
     with paths[0].open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["step"])
         writer.writeheader()

@@ -17,7 +17,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="seqpredict-eval", description=__doc__)
     p.add_argument("checkpoint")
     p.add_argument("--text", nargs="+", required=True, metavar="FILE", help="UTF-8 text files, read in order")
-    p.add_argument("--streams", type=int, default=1, help="split the text into N streams fed in parallel (1: one session reads it all)")
+    p.add_argument(
+        "--streams",
+        type=int,
+        default=1,
+        help="split the text into N streams fed in parallel (1: one session reads it all)",
+    )
     p.add_argument("--chunk", type=int, default=512, help="tokens per forward call; the state is carried across chunks")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")

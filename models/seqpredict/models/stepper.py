@@ -38,7 +38,9 @@ class FusedStepper:
             else:
                 # GRU's candidate gate multiplies r into (W_hn h + b_hn), so ih and hh stay apart.
                 self.table0 = (emb @ w_ih0.T + b_ih0).contiguous()  # (V, 3H)
-                self.w_ih_t = [None] + [getattr(rnn, f"weight_ih_l{k}").float().T.contiguous() for k in range(1, cfg.num_layers)]
+                self.w_ih_t = [None] + [
+                    getattr(rnn, f"weight_ih_l{k}").float().T.contiguous() for k in range(1, cfg.num_layers)
+                ]
                 self.b_ih = [None] + [getattr(rnn, f"bias_ih_l{k}").float() for k in range(1, cfg.num_layers)]
                 self.w_hh_t = [getattr(rnn, f"weight_hh_l{k}").float().T.contiguous() for k in range(cfg.num_layers)]
                 self.b_hh = [getattr(rnn, f"bias_hh_l{k}").float() for k in range(cfg.num_layers)]

@@ -54,14 +54,23 @@ def main(argv: list[str] | None = None) -> int:
         vocab = Vocabulary.from_texts(f.text for f in train_files)
         train_ids, val_ids = encode_corpus(train_files, vocab), encode_corpus(val_files, vocab)
         model_cfg = ModelConfig(
-            vocab_size=len(vocab), embed_dim=args.embed_dim, hidden_size=args.hidden_size,
-            num_layers=args.num_layers, dropout=args.dropout, cell=args.cell,
+            vocab_size=len(vocab),
+            embed_dim=args.embed_dim,
+            hidden_size=args.hidden_size,
+            num_layers=args.num_layers,
+            dropout=args.dropout,
+            cell=args.cell,
         )
     except (OSError, ValueError) as exc:
         print(f"seqpredict-train: {exc}", file=sys.stderr)
         return 2
-    log.info("vocabulary %d chars; train %d chars, validation %d chars; %s", len(vocab), train_ids.numel(),
-             val_ids.numel(), model_cfg)
+    log.info(
+        "vocabulary %d chars; train %d chars, validation %d chars; %s",
+        len(vocab),
+        train_ids.numel(),
+        val_ids.numel(),
+        model_cfg,
+    )
     out = Path(args.out)
 
     def record(outcome_fields: dict) -> dict:
@@ -83,7 +92,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def on_best(model, loss: float, step: int) -> None:
         # Saved as it happens, so a run stopped early still leaves its best checkpoint.
-        save_checkpoint(out, model, vocab, record({"best_val_loss": loss, "best_step": step, "partial": True}), half=args.half)
+        save_checkpoint(
+            out, model, vocab, record({"best_val_loss": loss, "best_step": step, "partial": True}), half=args.half
+        )
 
     outcome = train(model_cfg, cfg, train_ids, val_ids, on_progress=on_progress, on_best=on_best)
     bar.close()
@@ -91,11 +102,20 @@ def main(argv: list[str] | None = None) -> int:
     rec = record({**outcome.record(), "val_single_stream": final.to_dict()})
     save_checkpoint(out, outcome.model, vocab, rec, half=args.half)
     stem = Path(args.curve) if args.curve else out.with_name(out.stem + "-curve")
-    written = write_curve(curve_rows(outcome.curve), stem, f"{model_cfg.cell.upper()} H={model_cfg.hidden_size} × {model_cfg.num_layers}")
+    written = write_curve(
+        curve_rows(outcome.curve), stem, f"{model_cfg.cell.upper()} H={model_cfg.hidden_size} × {model_cfg.num_layers}"
+    )
     out.with_name(out.stem + "-record.json").write_text(json.dumps(rec, indent=1) + "\n")
-    log.info("best validation %.4f nats/char at step %d of %d (%.1f min); single-stream %.4f; wrote %s and %s",
-             outcome.best_val_loss, outcome.best_step, outcome.steps, outcome.minutes, final.loss_nats, out,
-             ", ".join(map(str, written)))
+    log.info(
+        "best validation %.4f nats/char at step %d of %d (%.1f min); single-stream %.4f; wrote %s and %s",
+        outcome.best_val_loss,
+        outcome.best_step,
+        outcome.steps,
+        outcome.minutes,
+        final.loss_nats,
+        out,
+        ", ".join(map(str, written)),
+    )
     return 0
 
 

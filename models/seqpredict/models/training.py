@@ -87,7 +87,9 @@ class TrainOutcome:
 class StreamBatcher:
     """Yields (inputs, targets, reset_mask) for `batch_size` streams reading `ids` in order."""
 
-    def __init__(self, ids: torch.Tensor, batch_size: int, seq_len: int, reset_prob: float, gen: torch.Generator) -> None:
+    def __init__(
+        self, ids: torch.Tensor, batch_size: int, seq_len: int, reset_prob: float, gen: torch.Generator
+    ) -> None:
         if ids.numel() < seq_len + 2:
             raise ValueError(f"training text of {ids.numel()} tokens is shorter than one sequence ({seq_len + 1})")
         self.ids, self.B, self.T, self.reset_prob, self.gen = ids, batch_size, seq_len, reset_prob, gen
@@ -159,12 +161,24 @@ def train(
         if done or (step > 0 and step % cfg.eval_every == 0):
             result = validate()
             point = CurvePoint(
-                step, step * cfg.batch_size * cfg.seq_len, minutes, lr, running or math.nan,
-                result.loss_nats, result.top1, result.worst_window_loss,
+                step,
+                step * cfg.batch_size * cfg.seq_len,
+                minutes,
+                lr,
+                running or math.nan,
+                result.loss_nats,
+                result.top1,
+                result.worst_window_loss,
             )
             curve.append(point)
-            log.info("step %d: train %.4f val %.4f (top1 %.3f, worst window %.3f)", step, point.train_loss,
-                     result.loss_nats, result.top1, result.worst_window_loss)
+            log.info(
+                "step %d: train %.4f val %.4f (top1 %.3f, worst window %.3f)",
+                step,
+                point.train_loss,
+                result.loss_nats,
+                result.top1,
+                result.worst_window_loss,
+            )
             if result.loss_nats < best_loss:
                 best_loss, best_step = result.loss_nats, step
                 best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -192,8 +206,13 @@ def train(
     model.load_state_dict(best_weights)
     model.eval()
     return TrainOutcome(
-        model=model, best_val_loss=best_loss, best_step=best_step, steps=step,
-        chars=step * cfg.batch_size * cfg.seq_len, minutes=(time.monotonic() - start) / 60, curve=curve,
+        model=model,
+        best_val_loss=best_loss,
+        best_step=best_step,
+        steps=step,
+        chars=step * cfg.batch_size * cfg.seq_len,
+        minutes=(time.monotonic() - start) / 60,
+        curve=curve,
     )
 
 

@@ -74,7 +74,12 @@ async def create_server(settings: Settings) -> App:
     cfg = checkpoint.config
     log.info(
         "loaded %s: %s H=%d x %d layers, vocabulary %d, sha256 %s",
-        checkpoint.path, cfg.cell, cfg.hidden_size, cfg.num_layers, cfg.vocab_size, checkpoint.fingerprint[:12],
+        checkpoint.path,
+        cfg.cell,
+        cfg.hidden_size,
+        cfg.num_layers,
+        cfg.vocab_size,
+        checkpoint.fingerprint[:12],
     )
     disable_created_metrics()  # `_created` series double the exposition and no dashboard reads them
     metrics = Metrics()
@@ -170,6 +175,12 @@ async def create_server(settings: Settings) -> App:
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
     metrics.ready.set(1)
-    log.info("serving %s on %s:%d, metrics on http://%s:%d/metrics", SERVICE_NAME, settings.host, port,
-             settings.metrics_host, metrics_port)
+    log.info(
+        "serving %s on %s:%d, metrics on http://%s:%d/metrics",
+        SERVICE_NAME,
+        settings.host,
+        port,
+        settings.metrics_host,
+        metrics_port,
+    )
     return App(settings, server, port, metrics_port, metrics, scheduler, pool, health_servicer, checkpoint, http)

@@ -68,9 +68,19 @@ class Settings:
     log_level: str = dataclasses.field(default="INFO", metadata=_meta("DEBUG, INFO, WARNING or ERROR"))
 
     def __post_init__(self) -> None:
-        positive = ("max_batch_size", "max_batch_tokens", "prefill_chunk", "torch_threads", "max_sessions",
-                    "max_tokens_per_request", "max_generate_tokens", "max_message_bytes", "max_streams",
-                    "session_queue_limit", "queue_limit")
+        positive = (
+            "max_batch_size",
+            "max_batch_tokens",
+            "prefill_chunk",
+            "torch_threads",
+            "max_sessions",
+            "max_tokens_per_request",
+            "max_generate_tokens",
+            "max_message_bytes",
+            "max_streams",
+            "session_queue_limit",
+            "queue_limit",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")

@@ -179,7 +179,9 @@ class Engine:
         if not picks:
             return
         jobs: list[GenerateJob] = [rows[i].job for i in picks]  # type: ignore[misc]
-        logits = torch.stack([j.logits if j.logits is not None else state_logits[i] for i, j in zip(picks, jobs)])
+        logits = torch.stack(
+            [j.logits if j.logits is not None else state_logits[i] for i, j in zip(picks, jobs, strict=False)]
+        )
         tokens, probs = sample(
             logits,
             [j.temperature for j in jobs],

@@ -133,4 +133,14 @@ def deliver(job: Job, payload: object) -> None:
         _resolve(job.future, payload)  # type: ignore[attr-defined]
 
 
-__all__ = ["Code", "GenerateEvent", "GenerateJob", "Job", "PredictJob", "PredictResult", "SessionJob", "TopK", "deliver"]
+__all__ = [
+    "Code",
+    "GenerateEvent",
+    "GenerateJob",
+    "Job",
+    "PredictJob",
+    "PredictResult",
+    "SessionJob",
+    "TopK",
+    "deliver",
+]

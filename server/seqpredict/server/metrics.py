@@ -24,16 +24,19 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         # grpc-ecosystem (go-grpc-prometheus) names, filled by the asyncio interceptor.
-        self.grpc_started = Counter(
-            "grpc_server_started", "RPCs started on the server.", RPC_LABELS, registry=r
-        )
+        self.grpc_started = Counter("grpc_server_started", "RPCs started on the server.", RPC_LABELS, registry=r)
         self.grpc_handled = Counter(
-            "grpc_server_handled", "RPCs completed on the server, by status code.",
-            (*RPC_LABELS, "grpc_code"), registry=r,
+            "grpc_server_handled",
+            "RPCs completed on the server, by status code.",
+            (*RPC_LABELS, "grpc_code"),
+            registry=r,
         )
         self.grpc_handling_seconds = Histogram(
-            "grpc_server_handling_seconds", "Time from the start of an RPC to its end (a stream's whole lifetime).",
-            RPC_LABELS, buckets=LATENCY_BUCKETS + (10.0, 30.0, 60.0, 300.0), registry=r,
+            "grpc_server_handling_seconds",
+            "Time from the start of an RPC to its end (a stream's whole lifetime).",
+            RPC_LABELS,
+            buckets=(*LATENCY_BUCKETS, 10.0, 30.0, 60.0, 300.0),
+            registry=r,
         )
         self.grpc_msg_received = Counter(
             "grpc_server_msg_received", "Stream messages received from clients.", RPC_LABELS, registry=r
@@ -42,7 +45,9 @@ class Metrics:
 
         # Work.
         self.tokens_consumed = Counter(
-            "seqpredict_tokens_consumed", "Input tokens fed to sessions (Predict inputs and Generate prompts).", registry=r
+            "seqpredict_tokens_consumed",
+            "Input tokens fed to sessions (Predict inputs and Generate prompts).",
+            registry=r,
         )
         self.tokens_generated = Counter(
             "seqpredict_tokens_generated", "Tokens sampled by Generate (and fed to their sessions).", registry=r
@@ -53,15 +58,21 @@ class Metrics:
         self.request_latency = Histogram(
             "seqpredict_request_latency_seconds",
             "Per-step latency: a Predict request from receipt to answer, or one Generate token from the previous one.",
-            ("kind",), buckets=LATENCY_BUCKETS, registry=r,
+            ("kind",),
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.queue_wait = Histogram(
-            "seqpredict_queue_wait_seconds", "Time a request waited in the scheduler before its batch started.",
-            buckets=LATENCY_BUCKETS, registry=r,
+            "seqpredict_queue_wait_seconds",
+            "Time a request waited in the scheduler before its batch started.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.batch_seconds = Histogram(
-            "seqpredict_batch_seconds", "Engine time to run one batch (gather, model, scatter, top-k).",
-            buckets=LATENCY_BUCKETS, registry=r,
+            "seqpredict_batch_seconds",
+            "Engine time to run one batch (gather, model, scatter, top-k).",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.batch_size = Histogram(
             "seqpredict_batch_size", "Sessions stepped together in one engine batch.", buckets=BATCH_BUCKETS, registry=r
@@ -70,16 +81,16 @@ class Metrics:
             "seqpredict_batch_tokens", "Tokens processed in one engine batch.", buckets=BATCH_BUCKETS, registry=r
         )
         self.queue_depth = Gauge("seqpredict_queue_depth", "Requests waiting in the scheduler.", registry=r)
-        self.rejected = Counter(
-            "seqpredict_rejected", "Requests refused by a limit, by limit.", ("limit",), registry=r
-        )
+        self.rejected = Counter("seqpredict_rejected", "Requests refused by a limit, by limit.", ("limit",), registry=r)
 
         # Sessions and state.
         self.sessions_active = Gauge("seqpredict_sessions_active", "Sessions holding state.", registry=r)
         self.sessions_limit = Gauge("seqpredict_sessions_limit", "Configured maximum number of sessions.", registry=r)
         self.sessions_created = Counter("seqpredict_sessions_created", "Sessions created.", registry=r)
         self.sessions_ended = Counter(
-            "seqpredict_sessions_ended", "Sessions released, by reason (end, ttl, capacity, shutdown).", ("reason",),
+            "seqpredict_sessions_ended",
+            "Sessions released, by reason (end, ttl, capacity, shutdown).",
+            ("reason",),
             registry=r,
         )
         for reason in END_REASONS:
@@ -90,11 +101,17 @@ class Metrics:
 
         # Snapshots.
         self.snapshot_seconds = Histogram(
-            "seqpredict_snapshot_seconds", "Time to write a session snapshot.", buckets=LATENCY_BUCKETS + (10.0, 30.0),
+            "seqpredict_snapshot_seconds",
+            "Time to write a session snapshot.",
+            buckets=(*LATENCY_BUCKETS, 10.0, 30.0),
             registry=r,
         )
-        self.snapshot_sessions = Gauge("seqpredict_snapshot_sessions", "Sessions in the last snapshot written.", registry=r)
+        self.snapshot_sessions = Gauge(
+            "seqpredict_snapshot_sessions", "Sessions in the last snapshot written.", registry=r
+        )
         self.snapshot_failures = Counter("seqpredict_snapshot_failures", "Snapshots that failed to write.", registry=r)
 
         self.model = Info("seqpredict_model", "The loaded model.", registry=r)
-        self.ready = Gauge("seqpredict_ready", "1 when the server is SERVING, 0 while starting or draining.", registry=r)
+        self.ready = Gauge(
+            "seqpredict_ready", "1 when the server is SERVING, 0 while starting or draining.", registry=r
+        )

@@ -19,7 +19,7 @@ def sample(
 
     temperature 0 is greedy; top_k 0 means no limit; top_p 1 means no nucleus cut.
     """
-    G, V = logits.shape
+    _G, V = logits.shape
     probs = torch.softmax(logits, dim=-1)  # (G, V), reported back to the client
     temps = torch.tensor(temperature, dtype=logits.dtype).unsqueeze(1)  # (G, 1)
     greedy = temps.squeeze(1) == 0

@@ -12,6 +12,7 @@ prefills, generations) stay at the head of their session's queue until done.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -91,7 +92,8 @@ class Scheduler:
                 self.metrics.rejected.labels("session_queue").inc()
                 raise RequestFailed(
                     Code.RESOURCE_EXHAUSTED,
-                    f"session {job.session_id!r} already has {len(queue)} requests queued (limit {cfg.session_queue_limit})",
+                    f"session {job.session_id!r} already has {len(queue)} requests queued"
+                    f" (limit {cfg.session_queue_limit})",
                 )
             queue.append(job)
             self._queued += 1
@@ -191,10 +193,9 @@ class Scheduler:
 
     def _post(self, deliveries: list[Delivery]) -> None:
         if deliveries and self._loop is not None:
-            try:
+            # RuntimeError: the loop is closed, so nobody is waiting any more.
+            with contextlib.suppress(RuntimeError):
                 self._loop.call_soon_threadsafe(_deliver_all, deliveries)
-            except RuntimeError:  # the loop is closed: nobody is waiting any more
-                pass
 
     @staticmethod
     def _guard(fn: Callable[[], None]) -> None:

@@ -178,7 +178,9 @@ class SessionPool:
         if slot is None:
             return None
         last = float(self._last_used[slot])
-        return SessionRecord(session_id, int(self._position[slot]), float(self._created[slot]), last, last + self.idle_ttl)
+        return SessionRecord(
+            session_id, int(self._position[slot]), float(self._created[slot]), last, last + self.idle_ttl
+        )
 
     def expire_idle(self, now: float | None = None) -> int:
         """Release every session idle for longer than the TTL; oldest first, so this is O(expired)."""

@@ -34,7 +34,9 @@ class Validator:
     def session_id(self, value: str) -> str:
         if SESSION_ID.fullmatch(value) is None:
             shown = value if len(value) <= 40 else value[:40] + "…"
-            raise invalid(f"session_id {shown!r} must be 1-128 characters of [A-Za-z0-9._:-] (got {len(value)} characters)")
+            raise invalid(
+                f"session_id {shown!r} must be 1-128 characters of [A-Za-z0-9._:-] (got {len(value)} characters)"
+            )
         return value
 
     def tokens(self, ids: Sequence[int], text: str, what: str = "input") -> list[int]:
