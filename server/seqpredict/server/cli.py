@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 
@@ -18,11 +19,18 @@ async def serve(settings: Settings) -> None:
     app = await create_server(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if stop.is_set():  # a second signal: the operator does not want to wait for the drain
+            log.warning("%s again: exiting now without draining", sig.name)
+            os._exit(1)
+        log.info("%s received: draining (send it again to exit at once)", sig.name)
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal, sig)
     await stop.wait()
-    log.info("signal received: draining")
-    await app.stop(grace=30.0)
+    await app.stop()
 
 
 def main(argv: list[str] | None = None) -> int:

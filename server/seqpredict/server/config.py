@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 ENV_PREFIX = "SEQPREDICT_"
+SECRETS = frozenset({"auth_tokens"})
 
 
 def default_checkpoint() -> str:
@@ -64,6 +65,30 @@ class Settings:
     session_queue_limit: int = dataclasses.field(default=64, metadata=_meta("requests queued per session"))
     queue_limit: int = dataclasses.field(default=100_000, metadata=_meta("requests queued in total"))
 
+    # Shutdown and restarts.
+    grace_s: float = dataclasses.field(
+        default=30.0, metadata=_meta("on SIGTERM/SIGINT, seconds in-flight calls get to finish")
+    )
+    snapshot_path: str = dataclasses.field(
+        default="", metadata=_meta("file for session snapshots: written on drain, restored at start ('' = off)")
+    )
+    snapshot_interval_s: float = dataclasses.field(
+        default=60.0, metadata=_meta("with snapshot_path, also snapshot this often (0: only on drain)")
+    )
+
+    # Security. Tokens are secrets: never printed.
+    tls_cert: str = dataclasses.field(default="", metadata=_meta("PEM server certificate chain (enables TLS)"))
+    tls_key: str = dataclasses.field(default="", metadata=_meta("PEM private key of tls_cert"))
+    tls_client_ca: str = dataclasses.field(
+        default="", metadata=_meta("PEM CA bundle: require client certificates signed by it (mutual TLS)")
+    )
+    auth_tokens: str = dataclasses.field(
+        default="", metadata=_meta("comma-separated bearer tokens accepted in `authorization` (enables auth)")
+    )
+    auth_tokens_file: str = dataclasses.field(
+        default="", metadata=_meta("file of bearer tokens, one per line (enables auth)")
+    )
+
     reflection: bool = dataclasses.field(default=True, metadata=_meta("serve gRPC server reflection"))
     log_level: str = dataclasses.field(default="INFO", metadata=_meta("DEBUG, INFO, WARNING or ERROR"))
 
@@ -97,10 +122,30 @@ class Settings:
             raise ValueError(f"log_level must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
         if not Path(self.checkpoint).is_file():
             raise ValueError(f"checkpoint {self.checkpoint} does not exist or is not a file")
+        if self.grace_s < 0 or self.snapshot_interval_s < 0:
+            raise ValueError("grace_s and snapshot_interval_s must be >= 0")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls_cert and tls_key must be given together")
+        if self.tls_client_ca and not self.tls_cert:
+            raise ValueError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
+        for name in ("tls_cert", "tls_key", "tls_client_ca", "auth_tokens_file"):
+            value = getattr(self, name)
+            if value and not Path(value).is_file():
+                raise ValueError(f"{name} {value} does not exist or is not a file")
+        if self.snapshot_path and Path(self.snapshot_path).is_dir():
+            raise ValueError(f"snapshot_path {self.snapshot_path} is a directory; give a file path")
 
     def describe(self) -> str:
-        """One line per setting, for the start-up log."""
-        return "\n".join(f"  {f.name} = {getattr(self, f.name)!r}" for f in fields(self))
+        """One line per setting, for the start-up log; secrets are shown only as set or not."""
+        lines = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in SECRETS:
+                value = f"<{len([t for t in value.split(',') if t.strip()])} token(s)>" if value else "<none>"
+                lines.append(f"  {f.name} = {value}")
+            else:
+                lines.append(f"  {f.name} = {value!r}")
+        return "\n".join(lines)
 
     @classmethod
     def from_args(cls, argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from seqpredict.models import Checkpoint, FusedStepper
-from seqpredict.server.errors import Code, RequestFailed, code_name
+from seqpredict.server.errors import Code, RequestFailed
 from seqpredict.server.jobs import GenerateEvent, GenerateJob, Job, PredictJob, PredictResult, SessionJob, TopK
 from seqpredict.server.metrics import Metrics
 from seqpredict.server.sampling import sample
@@ -83,7 +83,7 @@ class Engine:
             except RequestFailed as exc:
                 out.append((job, exc))
                 job.done = True
-                self.metrics.requests.labels(_kind(job), code_name(exc.code)).inc()
+                self.metrics.count_failure(_kind(job), exc)
                 continue
             row = self._row(job, slot, allotted)
             tokens_in += len(row.tokens)

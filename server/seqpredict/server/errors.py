@@ -21,13 +21,18 @@ class Code(enum.IntEnum):
 
 
 class RequestFailed(Exception):
-    """A request that cannot be served; `position` is the session's actual position when known."""
+    """A request that cannot be served.
 
-    def __init__(self, code: Code, message: str, position: int | None = None) -> None:
+    `position` is the session's actual position when known (FAILED_PRECONDITION); `limit`
+    names the configured limit that refused it, for `seqpredict_rejected_total{limit}`.
+    """
+
+    def __init__(self, code: Code, message: str, position: int | None = None, limit: str | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.position = position
+        self.limit = limit
 
 
 # The names go-grpc-prometheus puts in `grpc_code`, so dashboards built for it work here too.

@@ -16,6 +16,7 @@ import grpc
 from grpc import aio
 
 from seqpredict.server.errors import code_name
+from seqpredict.server.handlers import inner_behavior, rebuild
 from seqpredict.server.metrics import Metrics
 
 _KINDS = {
@@ -76,8 +77,8 @@ class MetricsInterceptor(aio.ServerInterceptor):
 
 
 def _wrap(handler: grpc.RpcMethodHandler, series: _RpcSeries) -> grpc.RpcMethodHandler:
+    inner = inner_behavior(handler)
     if handler.request_streaming:
-        inner_behavior = handler.stream_stream or handler.stream_unary
 
         def count_requests(request_iterator: AsyncIterator[Any]) -> AsyncIterator[Any]:
             async def counted() -> AsyncIterator[Any]:
@@ -87,7 +88,6 @@ def _wrap(handler: grpc.RpcMethodHandler, series: _RpcSeries) -> grpc.RpcMethodH
 
             return counted()
     else:
-        inner_behavior = handler.unary_stream or handler.unary_unary
 
         def count_requests(request: Any) -> Any:
             series.received.inc()
@@ -100,7 +100,7 @@ def _wrap(handler: grpc.RpcMethodHandler, series: _RpcSeries) -> grpc.RpcMethodH
             series.started.inc()
             error: BaseException | None = None
             try:
-                async for response in inner_behavior(count_requests(request), context):
+                async for response in inner(count_requests(request), context):
                     series.sent.inc()
                     yield response
             except BaseException as exc:
@@ -117,7 +117,7 @@ def _wrap(handler: grpc.RpcMethodHandler, series: _RpcSeries) -> grpc.RpcMethodH
             series.started.inc()
             error: BaseException | None = None
             try:
-                response = await inner_behavior(count_requests(request), context)
+                response = await inner(count_requests(request), context)
                 series.sent.inc()
                 return response
             except BaseException as exc:
@@ -128,14 +128,4 @@ def _wrap(handler: grpc.RpcMethodHandler, series: _RpcSeries) -> grpc.RpcMethodH
 
         behavior = unary
 
-    factory = {
-        (False, False): grpc.unary_unary_rpc_method_handler,
-        (False, True): grpc.unary_stream_rpc_method_handler,
-        (True, False): grpc.stream_unary_rpc_method_handler,
-        (True, True): grpc.stream_stream_rpc_method_handler,
-    }[(handler.request_streaming, handler.response_streaming)]
-    return factory(
-        behavior,
-        request_deserializer=handler.request_deserializer,
-        response_serializer=handler.response_serializer,
-    )
+    return rebuild(handler, behavior)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
+from seqpredict.server.errors import RequestFailed, code_name
+
 # Seconds: from a 100 µs engine step to a multi-second stream.
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 # Sessions in one engine batch; powers of two up to the largest sensible max batch.
@@ -115,3 +117,9 @@ class Metrics:
         self.ready = Gauge(
             "seqpredict_ready", "1 when the server is SERVING, 0 while starting or draining.", registry=r
         )
+
+    def count_failure(self, kind: str, error: RequestFailed) -> None:
+        """One refused request: by kind and code, and by limit when a limit refused it."""
+        self.requests.labels(kind, code_name(error.code)).inc()
+        if error.limit:
+            self.rejected.labels(error.limit).inc()

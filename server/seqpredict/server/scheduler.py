@@ -80,20 +80,21 @@ class Scheduler:
         cfg = self.config
         with self._lock:
             if self._stopping:
-                raise RequestFailed(Code.UNAVAILABLE, "the server is shutting down")
+                raise RequestFailed(Code.UNAVAILABLE, "the server is shutting down", limit="draining")
             if self._queued >= cfg.queue_limit:
-                self.metrics.rejected.labels("queue").inc()
-                raise RequestFailed(Code.RESOURCE_EXHAUSTED, f"server queue is full ({cfg.queue_limit} requests)")
+                raise RequestFailed(
+                    Code.RESOURCE_EXHAUSTED, f"server queue is full ({cfg.queue_limit} requests)", limit="queue"
+                )
             queue = self._queues.get(job.session_id)
             if queue is None:
                 queue = self._queues[job.session_id] = deque()
                 self._ready.append(job.session_id)
             elif len(queue) >= cfg.session_queue_limit:
-                self.metrics.rejected.labels("session_queue").inc()
                 raise RequestFailed(
                     Code.RESOURCE_EXHAUSTED,
                     f"session {job.session_id!r} already has {len(queue)} requests queued"
                     f" (limit {cfg.session_queue_limit})",
+                    limit="session_queue",
                 )
             queue.append(job)
             self._queued += 1

@@ -20,7 +20,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from grpc import aio
 
 from seqpredict.models import Checkpoint
-from seqpredict.server.errors import Code, RequestFailed, code_name
+from seqpredict.server.errors import Code, RequestFailed
 from seqpredict.server.jobs import GenerateEvent, GenerateJob, PredictJob, PredictResult, SessionJob, TopK
 from seqpredict.server.metrics import Metrics
 from seqpredict.server.scheduler import Scheduler
@@ -35,6 +35,7 @@ GRPC_CODES = {c.value[0]: c for c in grpc.StatusCode}
 POSITION_METADATA = "seqpredict-position"
 _FINISH = {"max_tokens": pb.FINISH_REASON_MAX_TOKENS, "stop": pb.FINISH_REASON_STOP}
 _END_OF_STREAM = object()
+_DRAIN = object()
 
 
 async def abort(context: aio.ServicerContext, error: RequestFailed) -> None:
@@ -96,15 +97,20 @@ class SequencePredictorService(pb_grpc.SequencePredictorServicer):
         self.model_info = model_info
         # id → text, resolved once: building a TokenProbability must not touch the vocabulary object.
         self._texts = checkpoint.vocab.chars
-        self._invalid_requests = {
-            kind: metrics.requests.labels(kind, code_name(Code.INVALID_ARGUMENT)) for kind in ("predict", "generate")
-        }
+        self.draining = False
+        self._streams: set[asyncio.Queue[Any]] = set()
+
+    def drain(self) -> None:
+        """Stop taking requests: each open Predict stream answers what it has and ends UNAVAILABLE."""
+        self.draining = True
+        for pending in self._streams:
+            pending.put_nowait(_DRAIN)
 
     # -- Predict -------------------------------------------------------------------------------------
     @unexpected_errors_are_internal
     @streaming
     async def Predict(self, request_iterator: AsyncIterator[pb.PredictRequest], context: aio.ServicerContext):
-        async for responses in self._answer_in_order(request_iterator, lambda req: [self._submit(req)]):
+        async for responses in self._answer_in_order(request_iterator, context, lambda req: [self._submit(req)]):
             yield responses[0]
 
     @unexpected_errors_are_internal
@@ -113,11 +119,14 @@ class SequencePredictorService(pb_grpc.SequencePredictorServicer):
         def submit_all(message: pb.PredictManyRequest) -> list[tuple[pb.PredictRequest, Any]]:
             return [self._submit(req) for req in message.requests]
 
-        async for responses in self._answer_in_order(request_iterator, submit_all):
+        async for responses in self._answer_in_order(request_iterator, context, submit_all):
             yield pb.PredictManyResponse(responses=responses)
 
     async def _answer_in_order(
-        self, request_iterator: AsyncIterator[Any], submit: Callable[[Any], list[tuple[pb.PredictRequest, Any]]]
+        self,
+        request_iterator: AsyncIterator[Any],
+        context: aio.ServicerContext,
+        submit: Callable[[Any], list[tuple[pb.PredictRequest, Any]]],
     ) -> AsyncIterator[list[pb.PredictResponse]]:
         """Read requests in a task of their own (so many can be in flight) and answer in order."""
         pending: asyncio.Queue[Any] = asyncio.Queue()
@@ -131,17 +140,22 @@ class SequencePredictorService(pb_grpc.SequencePredictorServicer):
                 pending.put_nowait(exc)
 
         self.metrics.streams_active.inc()
+        self._streams.add(pending)
         reader = asyncio.create_task(read())
         try:
             while True:
                 item = await pending.get()
                 if item is _END_OF_STREAM:
                     return
+                if item is _DRAIN:
+                    # Everything received before the drain was answered above; nothing after it was applied.
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is draining; reconnect to continue")
                 if isinstance(item, Exception):
                     raise item
                 yield [await self._response(req, outcome) for req, outcome in item]
         finally:
             self.metrics.streams_active.dec()
+            self._streams.discard(pending)
             reader.cancel()
             # Whatever is still queued for this stream will never be read: drop it before batching.
             while not pending.empty():
@@ -155,6 +169,8 @@ class SequencePredictorService(pb_grpc.SequencePredictorServicer):
         received = time.perf_counter()
         v = self.validator
         try:
+            if self.draining:
+                raise RequestFailed(Code.UNAVAILABLE, "the server is draining; not applied")
             job = PredictJob(
                 v.session_id(req.session_id),
                 received,
@@ -169,8 +185,7 @@ class SequencePredictorService(pb_grpc.SequencePredictorServicer):
             self.scheduler.submit(job)
             return req, job
         except RequestFailed as exc:
-            if exc.code == Code.INVALID_ARGUMENT:
-                self._invalid_requests["predict"].inc()
+            self.metrics.count_failure("predict", exc)
             return req, PredictResult(position=0, error=exc)
 
     async def _response(self, req: pb.PredictRequest, outcome: PredictJob | PredictResult) -> pb.PredictResponse:
@@ -217,8 +232,7 @@ class SequencePredictorService(pb_grpc.SequencePredictorServicer):
             )
             self.scheduler.submit(job)
         except RequestFailed as exc:
-            if exc.code == Code.INVALID_ARGUMENT:
-                self._invalid_requests["generate"].inc()
+            self.metrics.count_failure("generate", exc)
             await abort(context, exc)
             return
         self.metrics.streams_active.inc()

@@ -128,11 +128,15 @@ class SessionPool:
         if len(self._lru) >= self.max_sessions:
             if not self.evict_lru:
                 raise RequestFailed(
-                    Code.RESOURCE_EXHAUSTED, f"session limit of {self.max_sessions} reached and eviction is off"
+                    Code.RESOURCE_EXHAUSTED,
+                    f"session limit of {self.max_sessions} reached and eviction is off",
+                    limit="sessions",
                 )
             victim = next((sid for sid, s in self._lru.items() if s not in pinned), None)
             if victim is None:
-                raise RequestFailed(Code.RESOURCE_EXHAUSTED, f"session limit of {self.max_sessions} reached")
+                raise RequestFailed(
+                    Code.RESOURCE_EXHAUSTED, f"session limit of {self.max_sessions} reached", limit="sessions"
+                )
             self.release(victim, "capacity")
         slot = self._take_slot()
         for t in self._states:
@@ -213,14 +217,32 @@ class SessionPool:
         """(session id, slot), least recently used first."""
         return iter(list(self._lru.items()))
 
-    def bookkeeping(self, slot: int) -> tuple[int, float, float]:
-        return int(self._position[slot]), float(self._created[slot]), float(self._last_used[slot])
+    def bookkeeping_arrays(self, slots: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Copies of (positions, created_at, last_used_at) for `slots`."""
+        return self._position[slots].copy(), self._created[slots].copy(), self._last_used[slots].copy()
 
-    def restore(self, session_id: str, state: State, position: int, created_at: float, last_used_at: float) -> None:
-        """Put back one session read from a snapshot (state tensors (num_layers, hidden))."""
-        slot, _ = self.acquire(session_id)
-        for t, s in zip(self._states, state, strict=True):
-            t[:, slot] = s.to(self.dtype)
-        self._position[slot] = position
-        self._created[slot] = created_at
-        self._last_used[slot] = last_used_at
+    def export_states(self, slots: Tensor) -> list[Tensor]:
+        """Copies of the state of `slots`, in storage dtype: each (num_layers, N, hidden)."""
+        return [t.index_select(1, slots) for t in self._states]
+
+    def restore_all(
+        self,
+        session_ids: list[str],
+        states: list[Tensor],
+        positions: np.ndarray,
+        created_at: np.ndarray,
+        last_used_at: np.ndarray,
+    ) -> None:
+        """Fill an empty pool from a snapshot in one copy per tensor; ids least recently used first."""
+        assert not self._lru, "restore_all needs an empty pool"
+        n = len(session_ids)
+        if n > self._capacity:
+            self._grow(n)
+        for t, s in zip(self._states, states, strict=True):
+            t[:, :n] = s.to(self.dtype)
+        self._position[:n] = positions
+        self._created[:n] = created_at
+        self._last_used[:n] = last_used_at
+        self._high_water = n
+        self._free.clear()
+        self._lru = OrderedDict(zip(session_ids, range(n), strict=True))

@@ -21,8 +21,8 @@ MAX_STOP_LENGTH = 64
 DEFAULT_TOP_K = 5
 
 
-def invalid(message: str) -> RequestFailed:
-    return RequestFailed(Code.INVALID_ARGUMENT, message)
+def invalid(message: str, limit: str | None = None) -> RequestFailed:
+    return RequestFailed(Code.INVALID_ARGUMENT, message, limit=limit)
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,8 @@ class Validator:
         return tokens
 
     def _too_many(self, n: int, what: str) -> RequestFailed:
-        return invalid(f"{what} has {n} tokens; at most {self.max_tokens_per_request} per request")
+        limit = self.max_tokens_per_request
+        return invalid(f"{what} has {n} tokens; at most {limit} per request", "tokens_per_request")
 
     def top_k(self, value: int | None, default: int | None) -> int:
         """1..V when given; `default` when unset (None: no limit, returned as 0)."""
@@ -85,7 +86,10 @@ class Validator:
 
     def max_tokens(self, value: int) -> int:
         if not 1 <= value <= self.max_generate_tokens:
-            raise invalid(f"max_tokens must be between 1 and {self.max_generate_tokens}, got {value}")
+            raise invalid(
+                f"max_tokens must be between 1 and {self.max_generate_tokens}, got {value}",
+                "generate_tokens" if value > self.max_generate_tokens else None,
+            )
         return value
 
     def stop(self, values: Sequence[str]) -> tuple[str, ...]:
