@@ -1,0 +1,93 @@
+"""The real server as a separate process, for tests of signals, restarts and resource use."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from seqpredict.v1 import seqpredict_pb2_grpc as pb_grpc
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """`seqpredict-server` started with flags and SEQPREDICT_* variables; logs go to a file."""
+
+    def __init__(self, log_path: Path, *args: str, env: dict[str, str] | None = None, wait: bool = True) -> None:
+        self.port, self.metrics_port = free_port(), free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        self.log_path = log_path
+        command = [
+            sys.executable,
+            "-m",
+            "seqpredict.server.cli",
+            "--port",
+            str(self.port),
+            "--metrics-port",
+            str(self.metrics_port),
+            *args,
+        ]
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("SEQPREDICT_")}
+        full_env.update(env or {})
+        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in wait()/kill()
+        self.proc = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=full_env)
+        if wait:
+            self.wait_serving()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def health(self, timeout: float = 2.0) -> int | None:
+        """The health status code, or None when unreachable."""
+        with grpc.insecure_channel(self.address) as channel:
+            try:
+                reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
+            except grpc.RpcError:
+                return None
+            return reply.status
+
+    def wait_serving(self, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+            if self.health(timeout=0.5) == health_pb2.HealthCheckResponse.SERVING:
+                return
+            time.sleep(0.1)
+        raise TimeoutError(f"server not SERVING after {timeout}s:\n{self.log()}")
+
+    def stub(self, channel: grpc.Channel | None = None) -> pb_grpc.SequencePredictorStub:
+        return pb_grpc.SequencePredictorStub(channel or grpc.insecure_channel(self.address))
+
+    def signal(self, sig: int = signal.SIGTERM) -> None:
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 60.0) -> int:
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self._log.close()
+
+    def rss_bytes(self) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmRSS")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.wait()
