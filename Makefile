@@ -65,5 +65,11 @@ train: install
 eval: install
 	$(BIN)/seqpredict-eval $(CHECKPOINT) --text $(DATA)/shakespeare-val.txt
 
+bench: install
+	$(PY) bench/run.py $(BENCH_ARGS)
+
+bench-short: install
+	$(PY) bench/run.py --short $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache protos/seqpredict/v1/*_pb2*.py protos/seqpredict/v1/*_pb2*.pyi
