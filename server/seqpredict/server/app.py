@@ -66,8 +66,13 @@ class App:
         await self.health.enter_graceful_shutdown()
         self.admission.draining = True
         self.service.drain()
-        await self.server.stop(grace)
+        # Keep listening while calls finish, so probes see NOT_SERVING and new calls a clear
+        # UNAVAILABLE from admission rather than a refused connection.
         loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while self.admission.active > 0 and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        await self.server.stop(max(0.0, deadline - loop.time()))  # cancels whatever is still open
         await loop.run_in_executor(None, self.scheduler.stop)
         # The inference thread has ended: the pool is ours to read now.
         if self.snapshotter is not None:
@@ -99,7 +104,12 @@ async def create_server(settings: Settings) -> App:
     cfg = checkpoint.config
     log.info(
         "loaded %s: %s H=%d x %d layers, vocabulary %d, sha256 %s",
-        checkpoint.path, cfg.cell, cfg.hidden_size, cfg.num_layers, cfg.vocab_size, checkpoint.fingerprint[:12],
+        checkpoint.path,
+        cfg.cell,
+        cfg.hidden_size,
+        cfg.num_layers,
+        cfg.vocab_size,
+        checkpoint.fingerprint[:12],
     )
     disable_created_metrics()  # `_created` series double the exposition and no dashboard reads them
     metrics = Metrics()
@@ -205,10 +215,25 @@ async def create_server(settings: Settings) -> App:
     metrics.ready.set(1)
     log.info(
         "serving %s on %s (%s%s), metrics on http://%s:%d/metrics",
-        SERVICE_NAME, f"{settings.host}:{port}", "TLS" if credentials else "plaintext",
-        f", {len(tokens)} bearer token(s)" if tokens else "", settings.metrics_host, metrics_http.server_port,
+        SERVICE_NAME,
+        f"{settings.host}:{port}",
+        "TLS" if credentials else "plaintext",
+        f", {len(tokens)} bearer token(s)" if tokens else "",
+        settings.metrics_host,
+        metrics_http.server_port,
     )
     return App(
-        settings, server, port, metrics_http.server_port, metrics, scheduler, pool, service, admission,
-        health_servicer, checkpoint, snapshotter, metrics_http,
+        settings,
+        server,
+        port,
+        metrics_http.server_port,
+        metrics,
+        scheduler,
+        pool,
+        service,
+        admission,
+        health_servicer,
+        checkpoint,
+        snapshotter,
+        metrics_http,
     )

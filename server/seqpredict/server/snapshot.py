@@ -142,7 +142,9 @@ def restore(pool: SessionPool, snapshot: Snapshot) -> int:
     if skip:
         log.warning(
             "snapshot holds %d sessions, max_sessions is %d: dropping the %d least recently used",
-            len(snapshot), pool.max_sessions, skip,
+            len(snapshot),
+            pool.max_sessions,
+            skip,
         )
     pool.restore_all(
         snapshot.session_ids[skip:],
