@@ -7,7 +7,7 @@ never a session id.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
 
 from seqpredict.server.errors import RequestFailed, code_name
 
@@ -25,6 +25,8 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
+        # process_resident_memory_bytes, process_cpu_seconds_total, open fds: what an operator checks first.
+        ProcessCollector(registry=r)
         # grpc-ecosystem (go-grpc-prometheus) names, filled by the asyncio interceptor.
         self.grpc_started = Counter("grpc_server_started", "RPCs started on the server.", RPC_LABELS, registry=r)
         self.grpc_handled = Counter(
