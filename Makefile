@@ -14,7 +14,7 @@ TRAIN_ENV := MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=1717986918
 TRAIN_FLAGS := --hidden-size 256 --num-layers 2 --embed-dim 64 --dropout 0.2 --batch-size 64 --seq-len 128 \
 	--lr 2e-3 --max-steps 12000 --eval-every 500 --seed 1234
 
-.PHONY: help install gen run test test-fast lint format train eval bench bench-short soak clean
+.PHONY: help install system-deps gen run test test-fast lint format train eval bench bench-short soak clean
 
 help:
 	@echo "make run        start the server on the shipped checkpoint (127.0.0.1:50051, metrics :9095)"
@@ -35,6 +35,19 @@ $(STAMP): pyproject.toml | $(BIN)/pip
 
 install: $(STAMP) $(GEN)
 
+# Debian tools the tests use as real parts: promtool and prometheus (metrics and alert checks
+# against a real Prometheus), docker-compose (validates docker-compose.yml; no engine needed).
+SYSTEM_TOOLS := promtool:prometheus prometheus:prometheus docker-compose:docker-compose
+system-deps:
+	@missing=""; for pair in $(SYSTEM_TOOLS); do \
+	  command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair#*:}"; done; \
+	if [ -n "$$missing" ]; then \
+	  sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+	  echo "installing from Debian:$$missing"; \
+	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
 $(GEN): $(PROTO) $(STAMP)
 	$(PY) protos/generate.py
 
@@ -52,7 +65,7 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: lint
+test: lint system-deps
 	$(BIN)/pytest -q
 
 test-fast: install
