@@ -1,0 +1,184 @@
+"""RESULTS.md: the machine, the targets with PASS/MISS, and one table per load shape.
+
+Every table puts our server next to the references measured in the same run (echo ceiling,
+unbatched, in-process model), because on a shared 2-core machine only the ratios are stable.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from targets import Target
+
+# Quoted from issue 4, not measured by this benchmark.
+TORCHSERVE_REFERENCE = (
+    "TorchServe 0.12 (sequence batching, gRPC streaming, the same LSTM at H=256, the same kind of 2-core machine), "
+    "as quoted in issue 4 — **not measured here**:\n\n"
+    "| sessions | tokens/s | p50 |\n|---:|---:|---:|\n"
+    "| 1 | 90 | 9 ms |\n| 16 | 650 | — |\n| 64 | 1,600 | — |\n"
+)
+
+
+def _num(value: float | None, digits: int = 0) -> str:
+    if value is None:
+        return "—"
+    return f"{value:,.{digits}f}"
+
+
+def _ms(value: float | None) -> str:
+    if value is None:
+        return "—"
+    return f"{value:.3f}" if value < 10 else f"{value:.1f}"
+
+
+def _loadgen_row(c: int, label: str, run: dict[str, Any]) -> str:
+    lg = run.get("loadgen")
+    if not lg:
+        return f"| {c} | {label} | failed: {run.get('error', '?')} | | | | | | | |"
+    lat = lg["latency_ms"]
+    errors = lg["error_count"] or 0
+    return (
+        f"| {c} | {label} | {_num(lg['tokens_per_s'])} | {_num(lg['messages_per_s'])} | {_ms(lat['p50'])} | "
+        f"{_ms(lat['p90'])} | {_ms(lat['p99'])} | {_num(run.get('mean_batch'), 1)} | "
+        f"{_num(run.get('server_cpu_us_per_token'), 1)} | {_num(run.get('engine_us_per_token'), 1)} | {errors} |"
+    )
+
+
+HEADER = (
+    "| C | system | tokens/s | msg/s | p50 ms | p90 ms | p99 ms | mean batch | server CPU µs/token | "
+    "engine wall µs/token | errors |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+)
+LABELS = {"ours": "**ours**", "unbatched": "unbatched (max batch 1)", "echo": "echo ceiling"}
+
+
+def mode_table(results: dict[str, Any], mode: str) -> str:
+    runs = [r for r in results["runs"] if r["mode"] == mode and not r.get("profiled")]
+    if not runs:
+        return ""
+    inproc_kind = {"pingpong": "single", "prefill": "prefill"}.get(mode)
+    inproc = {f["sessions"]: f for f in (results.get("inprocess") or {}).get(inproc_kind or "", [])}
+    rows = [HEADER]
+    for c in sorted({r["sessions"] for r in runs}):
+        for system in ("ours", "unbatched", "echo"):
+            for run in (r for r in runs if r["sessions"] == c and r["system"] == system):
+                rows.append(_loadgen_row(c, LABELS[system], run))
+        if c in inproc:
+            f = inproc[c]
+            step = f["step_ms"]
+            rows.append(
+                f"| {c} | in-process model (per step) | {_num(f['tokens_per_s'])} | — | {_ms(step['p50'])} | "
+                f"{_ms(step['p90'])} | {_ms(step['p99'])} | {c} | {_num(f['us_per_token'], 1)} (engine only) | "
+                f"{_num(f['us_per_token'], 1)} | 0 |"
+            )
+    return "\n".join(rows)
+
+
+MODE_NOTES = {
+    "pingpong": "One Predict stream per session, one token per message, one message in flight per session; "
+    "latency is the message round trip.",
+    "prefill": "One Predict stream per session, chunks of T tokens per message; latency is the chunk round trip; "
+    "the in-process row is nn.LSTM over the whole chunk.",
+    "generate": "C concurrent Generate calls restarted as they finish; latency is the gap between consecutive tokens.",
+    "multiplexed": "Sessions grouped per PredictMany message, one token each, one message in flight per stream; "
+    "latency is the message round trip.",
+}
+
+
+def targets_table(targets: list[Target]) -> str:
+    rows = ["| target | rule | measured | result |", "|---|---|---|---|"]
+    for t in targets:
+        shown = {"PASS": "**PASS**", "MISS": "**MISS**"}.get(t.status, t.status)
+        rows.append(f"| {t.name} | {t.rule} | {t.measured} | {shown} |")
+    return "\n".join(rows)
+
+
+def machine_table(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    rows = [
+        ("date (UTC)", m["date"]),
+        ("CPU", f"{m['cpu_model']}, {m['cores']} cores"),
+        ("kernel", m["kernel"]),
+        ("software", f"Python {m['python']}, torch {m['torch']}, grpcio {m['grpcio']}, protobuf {m['protobuf']}"),
+        ("commit", m["git"]),
+        ("load average (1/5/15 min) at start / end", f"{m.get('loadavg_start')} / {m.get('loadavg_end')}"),
+    ]
+    return "| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
+
+
+def memory_section(memory: dict[str, Any] | None) -> str:
+    if not memory:
+        return "Not measured in this run."
+    if memory.get("error"):
+        return f"Failed: {memory['error']}"
+    return (
+        f"{memory['created']:,} idle sessions created through PredictMany in {memory['create_seconds']} s "
+        f"({_num(memory['sessions_per_s'])} sessions/s), "
+        f"server started with --max-sessions {memory['max_sessions']:,}.\n\n"
+        "| RSS before | RSS after | peak RSS | bytes/session | raw state bytes/session | ratio |\n"
+        "|---:|---:|---:|---:|---:|---:|\n"
+        f"| {memory['rss_before_bytes'] / 2**20:,.0f} MiB | {memory['rss_after_bytes'] / 2**20:,.0f} MiB | "
+        f"{memory['rss_peak_bytes'] / 2**20:,.0f} MiB | {memory['bytes_per_session']:,.0f} | "
+        f"{memory['state_bytes_per_session']:,} | {memory['ratio']:.3f} |"
+    )
+
+
+def render(results: dict[str, Any], targets: list[Target], png_name: str) -> str:
+    cfg = results["config"]
+    parts = [
+        "# seqpredict benchmark results",
+        "",
+        f"Mode: **{results['mode']}** (`make bench` for the full run, `make bench-short` for a quick check). "
+        f"Every server ran as its own process with the load generator (`bench/loadgen.py`) in another; "
+        f"{cfg['warmup']} s warm-up then {cfg['duration']} s measured per row. Figures on a shared 2-core machine "
+        "move by ±20 %: compare ratios within one run, not absolute numbers across runs.",
+        "",
+        "## Machine",
+        "",
+        machine_table(results),
+        "",
+        "## Targets (issue 4)",
+        "",
+        targets_table(targets),
+        "",
+    ]
+    for mode, title in (
+        ("pingpong", "Single tokens, ping-pong"),
+        ("prefill", f"Prefill ({cfg['chunk']}-token chunks)"),
+        ("generate", f"Generate ({cfg['max_tokens']} tokens per call)"),
+        ("multiplexed", f"Multiplexed ({cfg['per_message']} sessions per message)"),
+    ):
+        table = mode_table(results, mode)
+        if table:
+            parts += [f"## {title}", "", MODE_NOTES[mode], "", table, ""]
+    parts += [
+        "Columns: *mean batch* is Δ`seqpredict_batch_size_sum` / Δ`_count` over the run; *server CPU µs/token* is "
+        "the server process's utime+stime (all threads) over the run divided by the tokens answered (warm-up "
+        "included); *engine wall µs/token* is Δ`seqpredict_batch_seconds_sum` / Δ tokens consumed + generated: "
+        "wall time of the engine's batches, which includes time the inference thread waits for the GIL while the "
+        "event loop holds it, so it can exceed the in-process figure even when the math is the same. The rest of "
+        "the server CPU is transport (gRPC, asyncio, protobuf), service and scheduler.",
+        "",
+        "## Idle sessions in memory",
+        "",
+        memory_section(results.get("memory")),
+        "",
+        "## Reference: TorchServe",
+        "",
+        TORCHSERVE_REFERENCE,
+        "## Plot",
+        "",
+        f"![throughput, p99 and server CPU per token against C]({png_name})",
+        "",
+    ]
+    if results.get("profile"):
+        parts += [
+            "## Profile (py-spy, ours, pingpong C=64)",
+            "",
+            f"Full summary: `{results['profile']['summary']}`.",
+            "",
+            "```",
+            results["profile"]["by_package"],
+            "```",
+            "",
+        ]
+    return "\n".join(parts)
