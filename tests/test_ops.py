@@ -11,9 +11,11 @@ import uuid
 from pathlib import Path
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from seqpredict.server.validation import Validator
 from seqpredict.v1 import seqpredict_pb2 as pb
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -111,3 +113,23 @@ def test_generated_code_is_fresh():
         [sys.executable, str(ROOT / "protos" / "generate.py"), "--check"], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_a_bug_is_internal_with_a_logged_traceback_and_the_server_goes_on(server, stub, monkeypatch, caplog):
+    class Broken(Validator):
+        def session_id(self, value: str) -> str:
+            raise RuntimeError("a bug")
+
+    validator = server.app.service.validator
+    broken = Broken(validator.vocab, validator.max_tokens_per_request, validator.max_generate_tokens)
+    with monkeypatch.context() as patch:
+        patch.setattr(server.app.service, "validator", broken)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.GetSession(pb.GetSessionRequest(session_id="x"), timeout=5)
+        with pytest.raises(grpc.RpcError) as streamed:
+            list(stub.Predict(iter([pb.PredictRequest(session_id="x", text="a")]), timeout=5))
+    assert err.value.code() == streamed.value.code() == grpc.StatusCode.INTERNAL
+    assert "RuntimeError" in err.value.details()
+    assert any("unexpected error" in r.message and r.exc_info for r in caplog.records)
+    ok = list(stub.Predict(iter([pb.PredictRequest(session_id=f"after-{uuid.uuid4().hex[:6]}", text="a")]), timeout=5))
+    assert ok[0].position == 1

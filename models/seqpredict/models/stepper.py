@@ -56,22 +56,20 @@ class FusedStepper:
         return self._gru_step(tokens, state)
 
     def _lstm_step(self, tokens: Tensor, state: State) -> tuple[Tensor, State]:
+        # Few, large ops: each torch call costs microseconds of overhead (and a GIL round trip).
         h, c = state  # each (L, B, H)
         H = self.hidden_size
         new_h, new_c = torch.empty_like(h), torch.empty_like(c)
-        x = None
+        x = h[0]
         for k in range(self.config.num_layers):
             if k == 0:
-                gates = torch.addmm(self.table0[tokens], h[0], self.w_hh0_t)  # (B, 4H)
+                gates = torch.addmm(self.table0.index_select(0, tokens), h[0], self.w_hh0_t)  # (B, 4H)
             else:
                 gates = torch.addmm(self.b_cat[k - 1], torch.cat([x, h[k]], dim=1), self.w_cat_t[k - 1])
-            i = torch.sigmoid(gates[:, :H])
-            f = torch.sigmoid(gates[:, H : 2 * H])
+            act = torch.sigmoid(gates)  # i, f, o used; the g quarter is recomputed with tanh below
             g = torch.tanh(gates[:, 2 * H : 3 * H])
-            o = torch.sigmoid(gates[:, 3 * H :])
-            c_k = torch.addcmul(f * c[k], i, g)  # (B, H)
-            x = o * torch.tanh(c_k)
-            new_h[k], new_c[k] = x, c_k
+            c_k = torch.addcmul(act[:, H : 2 * H] * c[k], act[:, :H], g, out=new_c[k])  # f ⊙ c + i ⊙ g
+            x = torch.mul(act[:, 3 * H :], torch.tanh(c_k), out=new_h[k])  # o ⊙ tanh(c)
         logits = torch.addmm(self.b_head, x, self.w_head_t)  # (B, V)
         return logits, (new_h, new_c)
 

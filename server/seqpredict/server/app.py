@@ -22,10 +22,10 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import disable_created_metrics, start_http_server
 
 from seqpredict.models import Checkpoint, load_checkpoint
-from seqpredict.server.admission import HARD_LIMIT_FACTOR, AdmissionInterceptor, load_tokens
+from seqpredict.server.admission import HARD_LIMIT_FACTOR, Admission, load_tokens
 from seqpredict.server.config import Settings
 from seqpredict.server.engine import Engine
-from seqpredict.server.interceptor import MetricsInterceptor
+from seqpredict.server.interceptor import RpcGuard
 from seqpredict.server.metrics import Metrics
 from seqpredict.server.scheduler import BatchingConfig, Scheduler
 from seqpredict.server.service import SequencePredictorService, build_model_info
@@ -52,7 +52,7 @@ class App:
     scheduler: Scheduler
     pool: SessionPool
     service: SequencePredictorService
-    admission: AdmissionInterceptor
+    admission: Admission
     health: health.aio.HealthServicer
     checkpoint: Checkpoint
     snapshotter: Snapshotter | None
@@ -170,9 +170,9 @@ async def create_server(settings: Settings) -> App:
         metrics,
     )
     tokens = load_tokens(settings.auth_tokens, settings.auth_tokens_file)
-    admission = AdmissionInterceptor(metrics, tokens, settings.max_streams, settings.max_message_bytes)
+    admission = Admission(tokens, settings.max_streams, settings.max_message_bytes)
     server = aio.server(
-        interceptors=[MetricsInterceptor(metrics), admission],
+        interceptors=[RpcGuard(metrics, admission)],
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes * HARD_LIMIT_FACTOR),
             ("grpc.max_send_message_length", 64 * 1024 * 1024),

@@ -54,6 +54,9 @@ class Engine:
         self.vocab_chars = checkpoint.vocab.chars
         self.pool = pool
         self.metrics = metrics
+        # Label children resolved once: a labels() lookup per row showed up in profiles.
+        self._ok = {kind: metrics.requests.labels(kind, "OK") for kind in ("predict", "generate")}
+        self._latency = {kind: metrics.request_latency.labels(kind) for kind in ("predict", "generate")}
 
     # -- the batch ------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -243,8 +246,8 @@ class Engine:
                     result.ended = True
                 job.done = True
                 out.append((job, result))
-                m.requests.labels("predict", "OK").inc()
-                m.request_latency.labels("predict").observe(now - job.received)
+                self._ok["predict"].inc()
+                self._latency["predict"].observe(now - job.received)
             else:
                 assert isinstance(job, GenerateJob)
                 if job.offset < len(job.prompt):
@@ -278,13 +281,13 @@ class Engine:
                 event.finish, event.stop = "stop", matched
         if not event.finish and job.generated >= job.max_tokens:
             event.finish = "max_tokens"
-        self.metrics.request_latency.labels("generate").observe(now - (job.last_emit or job.received))
+        self._latency["generate"].observe(now - (job.last_emit or job.received))
         job.last_emit = now
         if event.finish:
             if job.end:
                 self.pool.release(job.session_id, "end")
             job.done = True
-            self.metrics.requests.labels("generate", "OK").inc()
+            self._ok["generate"].inc()
         return event
 
     def _topk(self, logits: list[Tensor], ks: list[int]) -> list[list[TopK]]:

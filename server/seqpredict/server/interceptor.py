@@ -1,13 +1,17 @@
-"""The grpc-ecosystem RPC metrics for grpc.aio, from an interceptor of our own.
+"""The RPC guard: one wrapper around every handler for admission, RPC metrics and bugs.
 
-py-grpc-prometheus (the Python port of go-grpc-prometheus) only wraps the synchronous
-server, so this records the same series — started, handled{grpc_code}, handling seconds,
-messages received and sent — around every asyncio handler.
+It records the grpc-ecosystem series — started, handled{grpc_code}, handling seconds,
+messages received and sent — which py-grpc-prometheus (the Python port of
+go-grpc-prometheus) offers only for the synchronous server; it applies the admission
+policy (tokens, draining, concurrent calls, message size); and it turns an unexpected
+exception into INTERNAL with the traceback logged, instead of grpc's opaque UNKNOWN.
+All of it in a single layer, because every layer costs on every streamed message.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -15,9 +19,12 @@ from typing import Any
 import grpc
 from grpc import aio
 
+from seqpredict.server.admission import Admission, Oversized
 from seqpredict.server.errors import code_name
 from seqpredict.server.handlers import inner_behavior, rebuild
 from seqpredict.server.metrics import Metrics
+
+log = logging.getLogger(__name__)
 
 _KINDS = {
     (False, False): "unary",
@@ -55,9 +62,10 @@ def _final_code(context: aio.ServicerContext, exc: BaseException | None) -> str:
     return "Unknown" if exc is not None else "OK"
 
 
-class MetricsInterceptor(aio.ServerInterceptor):
-    def __init__(self, metrics: Metrics) -> None:
+class RpcGuard(aio.ServerInterceptor):
+    def __init__(self, metrics: Metrics, admission: Admission) -> None:
         self._metrics = metrics
+        self._admission = admission
         self._series: dict[str, _RpcSeries] = {}
 
     async def intercept_service(
@@ -66,66 +74,92 @@ class MetricsInterceptor(aio.ServerInterceptor):
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(details)
-        if handler is None:
+        if handler is None:  # unknown method: gRPC answers UNIMPLEMENTED
             return handler
-        kind = _KINDS[(handler.request_streaming, handler.response_streaming)]
         series = self._series.get(details.method)
         if series is None:
             service, _, method = details.method.lstrip("/").rpartition("/")
+            kind = _KINDS[(handler.request_streaming, handler.response_streaming)]
             series = self._series[details.method] = _RpcSeries(self._metrics, service, method, kind)
-        return _wrap(handler, series)
+        refusal = self._admission.refusal(details)
+        if refusal is not None:
+            self._metrics.rejected.labels(refusal[2]).inc()
+        return self._guarded(handler, series, refusal)
 
+    def _guarded(
+        self,
+        handler: grpc.RpcMethodHandler,
+        series: _RpcSeries,
+        refusal: tuple[grpc.StatusCode, str, str] | None,
+    ) -> grpc.RpcMethodHandler:
+        inner, admission, metrics = inner_behavior(handler), self._admission, self._metrics
 
-def _wrap(handler: grpc.RpcMethodHandler, series: _RpcSeries) -> grpc.RpcMethodHandler:
-    inner = inner_behavior(handler)
-    if handler.request_streaming:
+        async def oversized(message: Oversized, context: aio.ServicerContext) -> None:
+            metrics.rejected.labels("message_size").inc()
+            limit = admission.max_message_bytes
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, f"message of {message.size} bytes is over the limit of {limit}"
+            )
 
-        def count_requests(request_iterator: AsyncIterator[Any]) -> AsyncIterator[Any]:
-            async def counted() -> AsyncIterator[Any]:
-                async for message in request_iterator:
-                    series.received.inc()
-                    yield message
+        async def counted(messages: AsyncIterator[Any], context: aio.ServicerContext) -> AsyncIterator[Any]:
+            async for message in messages:
+                series.received.inc()
+                if type(message) is Oversized:
+                    await oversized(message, context)
+                yield message
 
-            return counted()
-    else:
-
-        def count_requests(request: Any) -> Any:
+        async def admit(request: Any, context: aio.ServicerContext) -> Any:
+            if refusal is not None:
+                await context.abort(refusal[0], refusal[1])
+            if handler.request_streaming:
+                return counted(request, context)
             series.received.inc()
+            if type(request) is Oversized:
+                await oversized(request, context)
             return request
 
-    if handler.response_streaming:
+        async def report_bug(context: aio.ServicerContext, exc: Exception) -> None:
+            log.exception("unexpected error in %s", handler)
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}")
 
-        async def streaming(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
-            started = time.perf_counter()
-            series.started.inc()
-            error: BaseException | None = None
-            try:
-                async for response in inner(count_requests(request), context):
+        if handler.response_streaming:
+
+            async def behavior(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
+                started, error = time.perf_counter(), None
+                series.started.inc()
+                admission.active += 1
+                try:
+                    async for response in inner(await admit(request, context), context):
+                        series.sent.inc()
+                        yield response
+                except (asyncio.CancelledError, aio.AbortError) as exc:
+                    error = exc
+                    raise
+                except Exception as exc:
+                    error = exc
+                    await report_bug(context, exc)
+                finally:
+                    admission.active -= 1
+                    series.handled(_final_code(context, error), started)
+
+        else:
+
+            async def behavior(request: Any, context: aio.ServicerContext) -> Any:  # type: ignore[misc]
+                started, error = time.perf_counter(), None
+                series.started.inc()
+                admission.active += 1
+                try:
+                    response = await inner(await admit(request, context), context)
                     series.sent.inc()
-                    yield response
-            except BaseException as exc:
-                error = exc
-                raise
-            finally:
-                series.handled(_final_code(context, error), started)
+                    return response
+                except (asyncio.CancelledError, aio.AbortError) as exc:
+                    error = exc
+                    raise
+                except Exception as exc:
+                    error = exc
+                    await report_bug(context, exc)
+                finally:
+                    admission.active -= 1
+                    series.handled(_final_code(context, error), started)
 
-        behavior = streaming
-    else:
-
-        async def unary(request: Any, context: aio.ServicerContext) -> Any:
-            started = time.perf_counter()
-            series.started.inc()
-            error: BaseException | None = None
-            try:
-                response = await inner(count_requests(request), context)
-                series.sent.inc()
-                return response
-            except BaseException as exc:
-                error = exc
-                raise
-            finally:
-                series.handled(_final_code(context, error), started)
-
-        behavior = unary
-
-    return rebuild(handler, behavior)
+        return rebuild(handler, behavior, admission.size_limited(handler.request_deserializer))

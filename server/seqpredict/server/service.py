@@ -7,7 +7,6 @@ the stream and its other sessions go on; problems with a whole call end it with 
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import logging
 import random
@@ -44,44 +43,6 @@ async def abort(context: aio.ServicerContext, error: RequestFailed) -> None:
     await context.abort(GRPC_CODES[int(error.code)], error.message, trailing_metadata=trailing)
 
 
-def unexpected_errors_are_internal(handler: Callable[..., Any]) -> Callable[..., Any]:
-    """Log a bug with its traceback and answer INTERNAL instead of grpc's opaque UNKNOWN."""
-
-    async def report(context: aio.ServicerContext, exc: Exception) -> None:
-        log.exception("unexpected error in %s", handler.__name__)
-        await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}")
-
-    if getattr(handler, "_streaming", False):
-
-        @functools.wraps(handler)
-        async def streaming(self: Any, request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
-            try:
-                async for item in handler(self, request, context):
-                    yield item
-            except (asyncio.CancelledError, aio.AbortError):
-                raise
-            except Exception as exc:
-                await report(context, exc)
-
-        return streaming
-
-    @functools.wraps(handler)
-    async def unary(self: Any, request: Any, context: aio.ServicerContext) -> Any:
-        try:
-            return await handler(self, request, context)
-        except (asyncio.CancelledError, aio.AbortError):
-            raise
-        except Exception as exc:
-            await report(context, exc)
-
-    return unary
-
-
-def streaming(handler: Callable[..., Any]) -> Callable[..., Any]:
-    handler._streaming = True  # type: ignore[attr-defined]
-    return handler
-
-
 class SequencePredictorService(pb_grpc.SequencePredictorServicer):
     def __init__(
         self,
@@ -107,14 +68,10 @@ class SequencePredictorService(pb_grpc.SequencePredictorServicer):
             pending.put_nowait(_DRAIN)
 
     # -- Predict -------------------------------------------------------------------------------------
-    @unexpected_errors_are_internal
-    @streaming
     async def Predict(self, request_iterator: AsyncIterator[pb.PredictRequest], context: aio.ServicerContext):
         async for responses in self._answer_in_order(request_iterator, context, lambda req: [self._submit(req)]):
             yield responses[0]
 
-    @unexpected_errors_are_internal
-    @streaming
     async def PredictMany(self, request_iterator: AsyncIterator[pb.PredictManyRequest], context: aio.ServicerContext):
         def submit_all(message: pb.PredictManyRequest) -> list[tuple[pb.PredictRequest, Any]]:
             return [self._submit(req) for req in message.requests]
@@ -210,8 +167,6 @@ class SequencePredictorService(pb_grpc.SequencePredictorServicer):
         return [pb.TokenProbability(id=t, text=texts[t], probability=p, log_probability=lp) for t, p, lp in top]
 
     # -- Generate ------------------------------------------------------------------------------------
-    @unexpected_errors_are_internal
-    @streaming
     async def Generate(self, request: pb.GenerateRequest, context: aio.ServicerContext):
         v = self.validator
         try:
@@ -257,7 +212,6 @@ class SequencePredictorService(pb_grpc.SequencePredictorServicer):
             job.cancelled = True  # cancelled or aborted: stop generating before the next batch
 
     # -- sessions and model --------------------------------------------------------------------------
-    @unexpected_errors_are_internal
     async def GetSession(self, request: pb.GetSessionRequest, context: aio.ServicerContext) -> pb.SessionInfo:
         record = await self._session_op(request.session_id, end=False, context=context)
         assert isinstance(record, SessionRecord)
@@ -269,7 +223,6 @@ class SequencePredictorService(pb_grpc.SequencePredictorServicer):
             expires_at=_timestamp(record.expires_at),
         )
 
-    @unexpected_errors_are_internal
     async def EndSession(self, request: pb.EndSessionRequest, context: aio.ServicerContext) -> pb.EndSessionResponse:
         position = await self._session_op(request.session_id, end=True, context=context)
         assert isinstance(position, int)
@@ -291,7 +244,6 @@ class SequencePredictorService(pb_grpc.SequencePredictorServicer):
             await abort(context, result)
         return result
 
-    @unexpected_errors_are_internal
     async def GetModelInfo(self, request: pb.GetModelInfoRequest, context: aio.ServicerContext) -> pb.ModelInfo:
         return self.model_info
 
