@@ -15,7 +15,6 @@ No asyncio and no grpc here; the state pool is touched only from this thread.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -293,22 +292,14 @@ class Engine:
     def _topk(self, logits: list[Tensor], ks: list[int]) -> list[list[TopK]]:
         """Per row: a list (one per step; one step unless all_steps) of the k best tokens."""
         flat = torch.cat([x.reshape(-1, x.shape[-1]) for x in logits])  # (N, V)
-        logp = torch.log_softmax(flat, dim=-1)
-        k_max = max(ks)
-        values, indices = logp.topk(k_max, dim=-1)
-        values_l, indices_l = values.tolist(), indices.tolist()
+        logp, indices = torch.log_softmax(flat, dim=-1).topk(max(ks), dim=-1)  # (N, k)
+        ids, probs, logps = indices.tolist(), logp.exp().tolist(), logp.tolist()
         out: list[list[TopK]] = []
         start = 0
-        exp = math.exp
         for x, k in zip(logits, ks, strict=True):
-            n = 1 if x.dim() == 1 else x.shape[0]
-            out.append(
-                [
-                    [(t, exp(v), v) for t, v in zip(indices_l[r][:k], values_l[r][:k], strict=True)]
-                    for r in range(start, start + n)
-                ]
-            )
-            start += n
+            end = start + (1 if x.dim() == 1 else x.shape[0])
+            out.append([list(zip(ids[r][:k], probs[r][:k], logps[r][:k], strict=True)) for r in range(start, end)])
+            start = end
         return out
 
     # -- warm-up --------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from seqpredict.server.errors import Code, RequestFailed
@@ -66,7 +67,9 @@ class PredictJob(Job):
     reset: bool = False
     end: bool = False
     expected_position: int | None = None
-    future: asyncio.Future[PredictResult] | None = None
+    # Called on the event loop once `result` is set (the stream answering in order).
+    waiter: Callable[[], None] | None = None
+    result: PredictResult | None = None
     # Progress through `tokens` across prefill chunks.
     offset: int = 0
     steps: list[TopK] | None = None
@@ -75,7 +78,13 @@ class PredictJob(Job):
         return len(self.tokens) - self.offset
 
     def fail(self, error: RequestFailed) -> None:
-        _resolve(self.future, PredictResult(position=error.position or 0, error=error))
+        self.answer(PredictResult(position=error.position or 0, error=error))
+
+    def answer(self, result: PredictResult) -> None:
+        if self.result is None:
+            self.result = result
+            if self.waiter is not None:
+                self.waiter()
 
 
 @dataclass(eq=False, slots=True)
@@ -129,6 +138,8 @@ def deliver(job: Job, payload: object) -> None:
     elif isinstance(job, GenerateJob):
         if job.sink is not None:
             job.sink.put_nowait(payload)  # type: ignore[arg-type]
+    elif isinstance(job, PredictJob):
+        job.answer(payload)  # type: ignore[arg-type]
     else:
         _resolve(job.future, payload)  # type: ignore[attr-defined]
 

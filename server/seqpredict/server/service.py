@@ -24,6 +24,7 @@ from seqpredict.server.jobs import GenerateEvent, GenerateJob, PredictJob, Predi
 from seqpredict.server.metrics import Metrics
 from seqpredict.server.scheduler import Scheduler
 from seqpredict.server.sessions import SessionRecord
+from seqpredict.server.streams import DRAINED, END_OF_STREAM, OrderedAnswers, Unit
 from seqpredict.server.validation import DEFAULT_TOP_K, Validator
 from seqpredict.v1 import seqpredict_pb2 as pb
 from seqpredict.v1 import seqpredict_pb2_grpc as pb_grpc
@@ -33,8 +34,6 @@ log = logging.getLogger(__name__)
 GRPC_CODES = {c.value[0]: c for c in grpc.StatusCode}
 POSITION_METADATA = "seqpredict-position"
 _FINISH = {"max_tokens": pb.FINISH_REASON_MAX_TOKENS, "stop": pb.FINISH_REASON_STOP}
-_END_OF_STREAM = object()
-_DRAIN = object()
 
 
 async def abort(context: aio.ServicerContext, error: RequestFailed) -> None:
@@ -59,68 +58,64 @@ class SequencePredictorService(pb_grpc.SequencePredictorServicer):
         # id → text, resolved once: building a TokenProbability must not touch the vocabulary object.
         self._texts = checkpoint.vocab.chars
         self.draining = False
-        self._streams: set[asyncio.Queue[Any]] = set()
+        self._streams: set[OrderedAnswers] = set()
 
     def drain(self) -> None:
         """Stop taking requests: each open Predict stream answers what it has and ends UNAVAILABLE."""
         self.draining = True
-        for pending in self._streams:
-            pending.put_nowait(_DRAIN)
+        for answers in self._streams:
+            answers.mark(DRAINED)
 
     # -- Predict -------------------------------------------------------------------------------------
     async def Predict(self, request_iterator: AsyncIterator[pb.PredictRequest], context: aio.ServicerContext):
-        async for responses in self._answer_in_order(request_iterator, context, lambda req: [self._submit(req)]):
-            yield responses[0]
+        async for unit in self._answer_in_order(request_iterator, context, lambda req: [self._submit(req)]):
+            req, result = unit.results()[0]
+            yield self._response(req, result)
 
     async def PredictMany(self, request_iterator: AsyncIterator[pb.PredictManyRequest], context: aio.ServicerContext):
         def submit_all(message: pb.PredictManyRequest) -> list[tuple[pb.PredictRequest, Any]]:
             return [self._submit(req) for req in message.requests]
 
-        async for responses in self._answer_in_order(request_iterator, context, submit_all):
-            yield pb.PredictManyResponse(responses=responses)
+        async for unit in self._answer_in_order(request_iterator, context, submit_all):
+            yield pb.PredictManyResponse(responses=[self._response(req, result) for req, result in unit.results()])
 
     async def _answer_in_order(
         self,
         request_iterator: AsyncIterator[Any],
         context: aio.ServicerContext,
         submit: Callable[[Any], list[tuple[pb.PredictRequest, Any]]],
-    ) -> AsyncIterator[list[pb.PredictResponse]]:
-        """Read requests in a task of their own (so many can be in flight) and answer in order."""
-        pending: asyncio.Queue[Any] = asyncio.Queue()
+    ) -> AsyncIterator[Unit]:
+        """Read requests in a task of their own (so many can be in flight); yield answers in order."""
+        answers = OrderedAnswers()
+        failure: list[Exception] = []
 
         async def read() -> None:
             try:
                 async for message in request_iterator:
-                    pending.put_nowait(submit(message))
-                pending.put_nowait(_END_OF_STREAM)
+                    answers.add(submit(message))
             except Exception as exc:  # a broken stream ends the call; the writer re-raises it
-                pending.put_nowait(exc)
+                failure.append(exc)
+            answers.mark(END_OF_STREAM)
 
         self.metrics.streams_active.inc()
-        self._streams.add(pending)
+        self._streams.add(answers)
         reader = asyncio.create_task(read())
         try:
             while True:
-                item = await pending.get()
-                if item is _END_OF_STREAM:
+                unit = await answers.ready.get()
+                if unit.marker == END_OF_STREAM:
+                    if failure:
+                        raise failure[0]
                     return
-                if item is _DRAIN:
+                if unit.marker == DRAINED:
                     # Everything received before the drain was answered above; nothing after it was applied.
                     await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is draining; reconnect to continue")
-                if isinstance(item, Exception):
-                    raise item
-                yield [await self._response(req, outcome) for req, outcome in item]
+                yield unit
         finally:
             self.metrics.streams_active.dec()
-            self._streams.discard(pending)
+            self._streams.discard(answers)
             reader.cancel()
-            # Whatever is still queued for this stream will never be read: drop it before batching.
-            while not pending.empty():
-                item = pending.get_nowait()
-                if isinstance(item, list):
-                    for _, outcome in item:
-                        if isinstance(outcome, PredictJob):
-                            outcome.cancelled = True
+            answers.abandon()
 
     def _submit(self, req: pb.PredictRequest) -> tuple[pb.PredictRequest, PredictJob | PredictResult]:
         received = time.perf_counter()
@@ -137,7 +132,6 @@ class SequencePredictorService(pb_grpc.SequencePredictorServicer):
                 reset=req.reset,
                 end=req.end,
                 expected_position=req.expected_position if req.HasField("expected_position") else None,
-                future=asyncio.get_running_loop().create_future(),
             )
             self.scheduler.submit(job)
             return req, job
@@ -145,8 +139,7 @@ class SequencePredictorService(pb_grpc.SequencePredictorServicer):
             self.metrics.count_failure("predict", exc)
             return req, PredictResult(position=0, error=exc)
 
-    async def _response(self, req: pb.PredictRequest, outcome: PredictJob | PredictResult) -> pb.PredictResponse:
-        result = outcome if isinstance(outcome, PredictResult) else await outcome.future  # type: ignore[misc]
+    def _response(self, req: pb.PredictRequest, result: PredictResult) -> pb.PredictResponse:
         response = pb.PredictResponse(
             session_id=req.session_id,
             request_id=req.request_id,
