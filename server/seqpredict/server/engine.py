@@ -24,7 +24,7 @@ from torch import Tensor
 
 from seqpredict.models import Checkpoint, FusedStepper
 from seqpredict.server.errors import Code, RequestFailed
-from seqpredict.server.jobs import GenerateEvent, GenerateJob, Job, PredictJob, PredictResult, SessionJob, TopK
+from seqpredict.server.jobs import NO_TOP, GenerateEvent, GenerateJob, Job, PredictJob, PredictResult, SessionJob, TopK
 from seqpredict.server.metrics import Metrics
 from seqpredict.server.sampling import sample
 from seqpredict.server.sessions import SessionPool
@@ -157,7 +157,7 @@ class Engine:
         pool = self.pool
         slots = torch.tensor([r.slot for r in rows])
         state = pool.gather(slots)  # each (L, B, H)
-        head_rows = [i for i, r in enumerate(rows) if not r.tokens or _needs_state_logits(r)]
+        head_rows = [i for i, r in enumerate(rows) if not r.tokens or (r.tokens[0] < 0 and r.job.logits is None)]
         state_logits = self.model.next_logits(tuple(s[:, head_rows] for s in state)) if head_rows else None
         row_logits: dict[int, Tensor] = {}
         if state_logits is not None:
@@ -218,35 +218,34 @@ class Engine:
     def _finish(self, rows: list[_Row], logits: dict[int, Tensor], out: list[Delivery]) -> None:
         """Advance positions and answer: top-k for Predict, one event per token for Generate."""
         pool, m = self.pool, self.metrics
-        topk_rows = [i for i, r in enumerate(rows) if isinstance(r.job, PredictJob) and i in logits]
+        topk_rows = [i for i, r in enumerate(rows) if i in logits and type(r.job) is PredictJob]
         topk = self._topk([logits[i] for i in topk_rows], [rows[i].job.top_k for i in topk_rows]) if topk_rows else []
         topk_of = dict(zip(topk_rows, topk, strict=True))
+        counts = [len(r.tokens) for r in rows]
+        positions = pool.advance_all([r.slot for r in rows], counts)  # one vectorised update
         now = time.perf_counter()
-        consumed = generated = 0
+        consumed = generated = answered = 0
+        latency = self._latency["predict"]
         for i, r in enumerate(rows):
-            job, n = r.job, len(r.tokens)
-            if n:
-                pool.advance(r.slot, n)
-            if isinstance(job, PredictJob):
+            job, n = r.job, counts[i]
+            if type(job) is PredictJob:
                 consumed += n
                 job.offset += n
-                if job.all_steps and n and i in topk_of:
-                    job.steps = (job.steps or []) + topk_of[i]
+                top = topk_of.get(i)
+                if job.all_steps and n and top is not None:
+                    job.steps = (job.steps or []) + top
                 if job.offset < len(job.tokens):
                     continue
-                result = PredictResult(
-                    position=pool.position(r.slot),
-                    created=job.created,
-                    next=topk_of[i][-1] if i in topk_of else [],
-                    steps=job.steps if job.all_steps else None,
-                )
+                result = PredictResult(positions[i], job.created, top[-1] if top else NO_TOP)
+                if job.all_steps:
+                    result.steps = job.steps
                 if job.end:
                     pool.release(job.session_id, "end")
                     result.ended = True
                 job.done = True
                 out.append((job, result))
-                self._ok["predict"].inc()
-                self._latency["predict"].observe(now - job.received)
+                answered += 1
+                latency.observe(now - job.received)
             else:
                 assert isinstance(job, GenerateJob)
                 if job.offset < len(job.prompt):
@@ -256,20 +255,21 @@ class Engine:
                         job.logits = logits.get(i)
                     continue
                 generated += 1
-                out.append((job, self._generated(job, r, logits[i], now)))
+                out.append((job, self._generated(job, positions[i], r.tokens[0], logits[i], now)))
+        if answered:
+            self._ok["predict"].inc(answered)
         if consumed:
             m.tokens_consumed.inc(consumed)
         if generated:
             m.tokens_generated.inc(generated)
 
-    def _generated(self, job: GenerateJob, row: _Row, logits: Tensor, now: float) -> GenerateEvent:
-        token = row.tokens[0]
+    def _generated(self, job: GenerateJob, position: int, token: int, logits: Tensor, now: float) -> GenerateEvent:
         job.logits = logits
         job.generated += 1
         event = GenerateEvent(
             token=token,
             probability=job.sampled_probability,
-            position=self.pool.position(row.slot),
+            position=position,
             created=job.created and job.generated == 1,
         )
         if job.stop:
@@ -292,13 +292,17 @@ class Engine:
     def _topk(self, logits: list[Tensor], ks: list[int]) -> list[list[TopK]]:
         """Per row: a list (one per step; one step unless all_steps) of the k best tokens."""
         flat = torch.cat([x.reshape(-1, x.shape[-1]) for x in logits])  # (N, V)
-        logp, indices = torch.log_softmax(flat, dim=-1).topk(max(ks), dim=-1)  # (N, k)
+        k_max = max(ks)
+        logp, indices = torch.log_softmax(flat, dim=-1).topk(k_max, dim=-1)  # (N, k)
         ids, probs, logps = indices.tolist(), logp.exp().tolist(), logp.tolist()
         out: list[list[TopK]] = []
         start = 0
         for x, k in zip(logits, ks, strict=True):
             end = start + (1 if x.dim() == 1 else x.shape[0])
-            out.append([list(zip(ids[r][:k], probs[r][:k], logps[r][:k], strict=True)) for r in range(start, end)])
+            if k == k_max:
+                out.append([(ids[r], probs[r], logps[r]) for r in range(start, end)])
+            else:
+                out.append([(ids[r][:k], probs[r][:k], logps[r][:k]) for r in range(start, end)])
             start = end
         return out
 
@@ -309,11 +313,6 @@ class Engine:
             state = self.model.zero_state(1)
             self.stepper.step(torch.zeros(1, dtype=torch.long), state)
             self.model.features(torch.zeros(1, 8, dtype=torch.long), state)
-
-
-def _needs_state_logits(row: _Row) -> bool:
-    job = row.job
-    return isinstance(job, GenerateJob) and row.tokens == [-1] and job.logits is None
 
 
 def _kind(job: Job) -> str:

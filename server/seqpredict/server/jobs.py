@@ -14,15 +14,17 @@ from dataclasses import dataclass, field
 
 from seqpredict.server.errors import Code, RequestFailed
 
-# (token id, probability, log-probability), most probable first.
-TopK = list[tuple[int, float, float]]
+# (token ids, probabilities, log-probabilities), most probable first: three parallel lists,
+# sliced straight out of one batched topk, so no per-entry tuples are built.
+TopK = tuple[list[int], list[float], list[float]]
+NO_TOP: TopK = ([], [], [])
 
 
 @dataclass(slots=True)
 class PredictResult:
     position: int
     created: bool = False
-    next: TopK = field(default_factory=list)
+    next: TopK = NO_TOP
     steps: list[TopK] | None = None
     ended: bool = False
     error: RequestFailed | None = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
 
 from seqpredict.server.errors import RequestFailed, code_name
+from seqpredict.server.fasthist import SingleWriterHistogram
 
 # Seconds: from a 100 µs engine step to a multi-second stream.
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -59,29 +60,29 @@ class Metrics:
         self.requests = Counter(
             "seqpredict_requests", "Session requests answered, by kind and outcome code.", ("kind", "code"), registry=r
         )
-        self.request_latency = Histogram(
+        self.request_latency = SingleWriterHistogram(
             "seqpredict_request_latency_seconds",
             "Per-step latency: a Predict request from receipt to answer, or one Generate token from the previous one.",
             ("kind",),
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.queue_wait = Histogram(
+        self.queue_wait = SingleWriterHistogram(
             "seqpredict_queue_wait_seconds",
             "Time a request waited in the scheduler before its batch started.",
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.batch_seconds = Histogram(
+        self.batch_seconds = SingleWriterHistogram(
             "seqpredict_batch_seconds",
             "Engine time to run one batch (gather, model, scatter, top-k).",
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.batch_size = Histogram(
+        self.batch_size = SingleWriterHistogram(
             "seqpredict_batch_size", "Sessions stepped together in one engine batch.", buckets=BATCH_BUCKETS, registry=r
         )
-        self.batch_tokens = Histogram(
+        self.batch_tokens = SingleWriterHistogram(
             "seqpredict_batch_tokens", "Tokens processed in one engine batch.", buckets=BATCH_BUCKETS, registry=r
         )
         self.queue_depth = Gauge("seqpredict_queue_depth", "Requests waiting in the scheduler.", registry=r)

@@ -156,8 +156,10 @@ class SequencePredictorService(pb_grpc.SequencePredictorServicer):
         return response
 
     def _top(self, top: TopK) -> list[pb.TokenProbability]:
-        texts = self._texts
-        return [pb.TokenProbability(id=t, text=texts[t], probability=p, log_probability=lp) for t, p, lp in top]
+        texts, make = self._texts, pb.TokenProbability
+        ids, probs, logps = top
+        rows = zip(ids, probs, logps, strict=True)
+        return [make(id=t, text=texts[t], probability=p, log_probability=lp) for t, p, lp in rows]
 
     # -- Generate ------------------------------------------------------------------------------------
     async def Generate(self, request: pb.GenerateRequest, context: aio.ServicerContext):

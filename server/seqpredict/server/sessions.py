@@ -174,8 +174,10 @@ class SessionPool:
         self._last_used[slot] = now
         self._lru.move_to_end(session_id)
 
-    def advance(self, slot: int, tokens: int) -> None:
-        self._position[slot] += tokens
+    def advance_all(self, slots: list[int], tokens: list[int]) -> list[int]:
+        """Add `tokens[i]` to the position of `slots[i]` (distinct slots); returns the new positions."""
+        self._position[slots] += tokens
+        return self._position[slots].tolist()
 
     def record(self, session_id: str) -> SessionRecord | None:
         slot = self._lru.get(session_id)
