@@ -48,9 +48,12 @@ class FusedStepper:
             self.b_head = model.head.bias.float()
         self.hidden_size = H
 
-    @torch.inference_mode()
     def step(self, tokens: Tensor, state: State) -> tuple[Tensor, State]:
-        """tokens (B,) int64, state tensors (L, B, H) → logits (B, V), new state."""
+        """tokens (B,) int64, state tensors (L, B, H) → logits (B, V), new state.
+
+        The matrices here are plain tensors that do not require grad, so no autograd graph is
+        built even outside torch.no_grad(); not wrapping each call saves microseconds per step.
+        """
         if self.config.cell == "lstm":
             return self._lstm_step(tokens, state)
         return self._gru_step(tokens, state)

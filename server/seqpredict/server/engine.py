@@ -57,8 +57,12 @@ class Engine:
         self._ok = {kind: metrics.requests.labels(kind, "OK") for kind in ("predict", "generate")}
         self._latency = {kind: metrics.request_latency.labels(kind) for kind in ("predict", "generate")}
 
+    def enter_thread(self) -> None:
+        """Call first on the inference thread: no autograd there, set once for the thread
+        rather than by a context manager around every batch (a few µs each, per batch)."""
+        torch.set_grad_enabled(False)
+
     # -- the batch ------------------------------------------------------------------------------
-    @torch.inference_mode()
     def run(self, batch: list[tuple[Job, int]]) -> list[Delivery]:
         """Advance every job of `batch` by its allotted tokens; sets `job.done` on finished jobs."""
         started = time.perf_counter()

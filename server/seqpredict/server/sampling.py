@@ -11,11 +11,12 @@ import torch
 from torch import Tensor
 
 
-@torch.inference_mode()
 def sample(
     logits: Tensor, temperature: list[float], top_k: list[int], top_p: list[float], uniform: list[float]
 ) -> tuple[list[int], list[float]]:
     """logits (G, V) → (token per row, its probability under the untempered model).
+
+    Runs on the inference thread, where autograd is off.
 
     temperature 0 is greedy; top_k 0 means no limit; top_p 1 means no nucleus cut.
     """

@@ -121,6 +121,7 @@ class Scheduler:
 
     # -- inference thread ------------------------------------------------------------------------
     def _run(self) -> None:
+        self.engine.enter_thread()
         next_tick = time.monotonic() + self.config.tick
         while True:
             batch, inline = self._next_batch(next_tick)
