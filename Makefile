@@ -22,6 +22,7 @@ help:
 	@echo "make train      train the default checkpoint from scratch (about an hour on 2 cores)"
 	@echo "make eval       evaluate the shipped checkpoint on the validation plays"
 	@echo "make bench      full benchmark (writes bench/RESULTS.md); make bench-short for a quick one"
+	@echo "make soak       10-minute mixed load with low limits (bench/soak/report.md); SOAK_ARGS=\"--duration 120\""
 
 $(BIN)/pip:
 	$(PYTHON) -m venv $(VENV)
@@ -83,6 +84,10 @@ bench: install
 
 bench-short: install
 	$(PY) bench/run.py --short $(BENCH_ARGS)
+
+# Not in CI: mixed load with the limits set low; fails on a wrong answer or RSS growth.
+soak: install
+	$(PY) bench/soak.py $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache protos/seqpredict/v1/*_pb2*.py protos/seqpredict/v1/*_pb2*.pyi

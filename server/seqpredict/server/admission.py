@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
+from google.protobuf.message import DecodeError
 
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 # gRPC's own receive limit, as a multiple of ours: it stops absurd sizes before any allocation.
@@ -36,6 +37,18 @@ class Oversized:
 
     def __init__(self, size: int) -> None:
         self.size = size
+
+
+class Malformed:
+    """Stands in for bytes that do not parse as the request message: INVALID_ARGUMENT, not a bug."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+UNUSABLE = (Oversized, Malformed)
 
 
 class Admission:
@@ -70,7 +83,8 @@ class Admission:
         return False
 
     def size_limited(self, deserialize: Callable[[bytes], object] | None) -> Callable[[bytes], object]:
-        """A deserializer that does not parse a message over the limit but marks it Oversized.
+        """A deserializer that does not parse a message over the limit but marks it Oversized,
+        and marks bytes that do not parse Malformed, so the guard answers each with its own code.
 
         gRPC itself refuses anything over HARD_LIMIT_FACTOR × the limit before reading it (not
         counted); between the two, the guard refuses the call — counted — without parsing the bytes.
@@ -80,6 +94,11 @@ class Admission:
         def check(data: bytes) -> object:
             if len(data) > limit:
                 return Oversized(len(data))
-            return deserialize(data) if deserialize is not None else data
+            if deserialize is None:
+                return data
+            try:
+                return deserialize(data)
+            except DecodeError as exc:
+                return Malformed(str(exc) or "cannot parse")
 
         return check

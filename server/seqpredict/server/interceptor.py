@@ -19,7 +19,7 @@ from typing import Any
 import grpc
 from grpc import aio
 
-from seqpredict.server.admission import Admission, Oversized
+from seqpredict.server.admission import UNUSABLE, Admission, Malformed, Oversized
 from seqpredict.server.errors import code_name
 from seqpredict.server.handlers import inner_behavior, rebuild
 from seqpredict.server.metrics import Metrics
@@ -52,13 +52,15 @@ class _RpcSeries:
 
 
 def _final_code(context: aio.ServicerContext, exc: BaseException | None) -> str:
-    if isinstance(exc, asyncio.CancelledError):
-        return "Canceled"
-    code = context.code()
+    code = context.code()  # set when the call was aborted with a status, by us or by grpc
     if isinstance(code, grpc.StatusCode):
         return code_name(code.value[0])
     if isinstance(code, int):
         return code_name(code)
+    if isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
+        # Closed by grpc while waiting: the client cancelled, or the deadline passed.
+        remaining = context.time_remaining()
+        return "DeadlineExceeded" if remaining is not None and remaining <= 0 else "Canceled"
     return "Unknown" if exc is not None else "OK"
 
 
@@ -101,11 +103,16 @@ class RpcGuard(aio.ServerInterceptor):
                 grpc.StatusCode.RESOURCE_EXHAUSTED, f"message of {message.size} bytes is over the limit of {limit}"
             )
 
+        async def unusable(message: Oversized | Malformed, context: aio.ServicerContext) -> None:
+            if type(message) is Malformed:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request message is not valid: {message.reason}")
+            await oversized(message, context)  # type: ignore[arg-type]
+
         async def counted(messages: AsyncIterator[Any], context: aio.ServicerContext) -> AsyncIterator[Any]:
             async for message in messages:
                 series.received.inc()
-                if type(message) is Oversized:
-                    await oversized(message, context)
+                if type(message) in UNUSABLE:
+                    await unusable(message, context)
                 yield message
 
         async def admit(request: Any, context: aio.ServicerContext) -> Any:
@@ -114,8 +121,8 @@ class RpcGuard(aio.ServerInterceptor):
             if handler.request_streaming:
                 return counted(request, context)
             series.received.inc()
-            if type(request) is Oversized:
-                await oversized(request, context)
+            if type(request) in UNUSABLE:
+                await unusable(request, context)
             return request
 
         async def report_bug(context: aio.ServicerContext, exc: Exception) -> None:
@@ -132,7 +139,8 @@ class RpcGuard(aio.ServerInterceptor):
                     async for response in inner(await admit(request, context), context):
                         series.sent.inc()
                         yield response
-                except (asyncio.CancelledError, aio.AbortError) as exc:
+                except (asyncio.CancelledError, GeneratorExit, aio.AbortError) as exc:
+                    # GeneratorExit: grpc closed us while we waited at `yield` (cancel or deadline).
                     error = exc
                     raise
                 except Exception as exc:

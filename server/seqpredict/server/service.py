@@ -233,7 +233,8 @@ class SequencePredictorService(pb_grpc.SequencePredictorServicer):
             )
             self.scheduler.submit(job)
             result = await job.future  # type: ignore[misc]
-        except RequestFailed as exc:
+        except RequestFailed as exc:  # refused before reaching the engine (which counts its own)
+            self.metrics.count_failure("session", exc)
             result = exc
         if isinstance(result, RequestFailed):
             await abort(context, result)
