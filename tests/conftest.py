@@ -9,11 +9,14 @@ from typing import Any
 
 import grpc
 import pytest
+import torch
 
-from seqpredict.models import load_checkpoint
+from seqpredict.models import CharRNN, Checkpoint, Vocabulary, load_checkpoint
 from seqpredict.server.app import App, create_server
 from seqpredict.server.config import Settings, default_checkpoint
 from seqpredict.v1 import seqpredict_pb2_grpc as pb_grpc
+from tests.badinput import LIMITED as BADINPUT_LIMITS
+from tests.bystanders import Bystanders
 
 
 class RunningServer:
@@ -68,3 +71,32 @@ def stub(server: RunningServer) -> Iterator[pb_grpc.SequencePredictorStub]:
     channel = server.channel()
     yield pb_grpc.SequencePredictorStub(channel)
     channel.close()
+
+
+# -- for the bad-input tests ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def model(checkpoint: Checkpoint) -> CharRNN:
+    # One thread, as create_server sets for the servers in this process: on shared, busy cores a
+    # multi-threaded reference spin-waits and runs 100x slower.
+    torch.set_num_threads(1)
+    return checkpoint.build_model()
+
+
+@pytest.fixture(scope="module")
+def vocab(checkpoint: Checkpoint) -> Vocabulary:
+    return checkpoint.vocab
+
+
+@pytest.fixture(scope="module")
+def limited() -> Iterator[RunningServer]:
+    """A server with small request limits (tokens per request, message size, per-session queue)."""
+    running = RunningServer(**BADINPUT_LIMITS)
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def bystanders(model: CharRNN, vocab: Vocabulary) -> Bystanders:
+    return Bystanders(model, vocab)
