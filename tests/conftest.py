@@ -52,6 +52,16 @@ class RunningServer:
             self.loop.close()
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread() -> Iterator[None]:
+    """One torch thread for the whole run, as the server uses: small matmuls on two shared,
+    busy cores spin-wait with more threads and run up to 100x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def checkpoint():
     """The shipped default checkpoint, loaded once (the reference model for equivalence tests)."""
@@ -73,14 +83,11 @@ def stub(server: RunningServer) -> Iterator[pb_grpc.SequencePredictorStub]:
     channel.close()
 
 
-# -- for the bad-input tests ---------------------------------------------------------------------------------
+# -- the reference model, the small-limits server and bystander sessions (bad-input tests) ------------
 
 
 @pytest.fixture(scope="module")
 def model(checkpoint: Checkpoint) -> CharRNN:
-    # One thread, as create_server sets for the servers in this process: on shared, busy cores a
-    # multi-threaded reference spin-waits and runs 100x slower.
-    torch.set_num_threads(1)
     return checkpoint.build_model()
 
 

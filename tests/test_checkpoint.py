@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,15 +20,6 @@ from seqpredict.models import CharRNN, CheckpointError, ModelConfig, Vocabulary,
 from seqpredict.models.checkpoint import FORMAT_TAG, FORMAT_VERSION
 
 TEXT = "to be, or not to be: that is the question.\n"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny matmuls: one thread avoids oversubscribing cores that a training job may be using."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import json
 import math
 import subprocess
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,15 +27,6 @@ TRAIN_TEXT = (
     "How vexingly quick daft zebras jump; sphinx of black quartz, judge my vow.\n"
 ) * 12
 VAL_TEXT = "The lazy dog jumps over the quick brown fox.\nHow quick my box of quartz.\n" * 3
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny models: one thread avoids oversubscribing cores that a training job may be using."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @dataclass(frozen=True)

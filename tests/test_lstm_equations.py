@@ -7,8 +7,6 @@ missing bias or a mixed-up layer would show up as a mismatch against CharRNN.for
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from torch import Tensor
@@ -18,15 +16,6 @@ from seqpredict.models import CharRNN, ModelConfig
 VOCAB, EMBED, HIDDEN, LAYERS = 11, 8, 24, 2
 BATCH, STEPS = 3, 12
 ATOL = 1e-5
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny matmuls: one thread avoids oversubscribing cores that a training job may be using."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)

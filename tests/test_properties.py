@@ -16,7 +16,6 @@ from typing import Any
 
 import grpc
 import pytest
-import torch
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, rule, run_state_machine_as_test
@@ -215,7 +214,6 @@ def machine(server: RunningServer, model: CharRNN, vocab: Vocabulary) -> type[Ru
 
 
 def test_session_bookkeeping_matches_a_reference_model(server: RunningServer, checkpoint: Checkpoint) -> None:
-    torch.set_num_threads(1)  # as the server does: a multi-threaded reference spin-waits on busy shared cores
     run_state_machine_as_test(
         machine(server, checkpoint.build_model(), checkpoint.vocab),
         settings=settings(

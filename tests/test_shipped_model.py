@@ -31,7 +31,6 @@ def test_the_checkpoint_is_small_and_loads_weights_only():
 
 
 def test_one_session_reading_a_whole_play_never_degenerates():
-    torch.set_num_threads(1)
     ckpt = load_checkpoint(default_checkpoint())
     ids = encode_corpus(read_text_files([str(VALIDATION)]), ckpt.vocab)[:100_000]  # Richard II and more
     result = evaluate(ckpt.build_model(), ids, streams=1, window=5_000)

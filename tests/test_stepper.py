@@ -7,7 +7,6 @@ state carried; a session must not depend on how its text was split into requests
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -17,15 +16,6 @@ from seqpredict.models import CharRNN, FusedStepper, ModelConfig, State
 
 VOCAB, EMBED, HIDDEN = 13, 8, 32
 ATOL = 1e-5
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny matmuls: one thread avoids oversubscribing cores that a training job may be using."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)

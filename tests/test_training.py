@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -18,15 +17,6 @@ from seqpredict.models import CharRNN, ModelConfig, Vocabulary
 from seqpredict.models.training import StreamBatcher, TrainConfig, learning_rate, train
 
 LINE_DIGITS = 12  # digits per line, then "\n"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Small models: one thread avoids oversubscribing cores that a training job may be using."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def fibonacci_lines(n_lines: int, seed: int) -> str:

@@ -11,7 +11,6 @@ import hashlib
 import io
 import os
 import pickle
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 
 import torch
 
+from seqpredict.models.atomic import atomic_torch_save
 from seqpredict.models.config import ModelConfig
 from seqpredict.models.network import CharRNN
 from seqpredict.models.vocab import Vocabulary
@@ -62,7 +62,7 @@ def save_checkpoint(
     training: dict[str, Any] | None = None,
     half: bool = False,
 ) -> None:
-    """Write atomically (temporary file + rename) so a crash never leaves half a checkpoint.
+    """Write atomically, so a crash never leaves half a checkpoint.
 
     `half` stores weights as float16 (half the bytes); loading always gives float32.
     """
@@ -77,19 +77,7 @@ def save_checkpoint(
         "state_dict": state_dict,
         "training": training or {},
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a checkpoint is meant to be read by the server user
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_torch_save(payload, path)
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:

@@ -64,6 +64,31 @@ def _final_code(context: aio.ServicerContext, exc: BaseException | None) -> str:
     return "Unknown" if exc is not None else "OK"
 
 
+class _Accounted:
+    """One call from start to end: started/handled/seconds, its admission slot, and a bug turned
+    into INTERNAL with the traceback logged (never grpc's opaque UNKNOWN)."""
+
+    __slots__ = ("_admission", "_context", "_handler", "_series", "_started")
+
+    def __init__(self, series: _RpcSeries, admission: Admission, context: aio.ServicerContext, handler: Any) -> None:
+        self._series, self._admission, self._context, self._handler = series, admission, context, handler
+
+    async def __aenter__(self) -> None:
+        self._started = time.perf_counter()
+        self._series.started.inc()
+        self._admission.active += 1
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        # CancelledError / GeneratorExit: grpc ended the call (cancel, deadline); AbortError: a status was set.
+        try:
+            if isinstance(exc, Exception) and not isinstance(exc, aio.AbortError):
+                log.error("unexpected error in %s", self._handler, exc_info=(kind, exc, tb))
+                await self._context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}")
+        finally:
+            self._admission.active -= 1
+            self._series.handled(_final_code(self._context, exc), self._started)
+
+
 class RpcGuard(aio.ServerInterceptor):
     def __init__(self, metrics: Metrics, admission: Admission) -> None:
         self._metrics = metrics
@@ -125,49 +150,20 @@ class RpcGuard(aio.ServerInterceptor):
                 await unusable(request, context)
             return request
 
-        async def report_bug(context: aio.ServicerContext, exc: Exception) -> None:
-            log.exception("unexpected error in %s", handler)
-            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}")
-
         if handler.response_streaming:
 
             async def behavior(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
-                started, error = time.perf_counter(), None
-                series.started.inc()
-                admission.active += 1
-                try:
+                async with _Accounted(series, admission, context, handler):
                     async for response in inner(await admit(request, context), context):
                         series.sent.inc()
                         yield response
-                except (asyncio.CancelledError, GeneratorExit, aio.AbortError) as exc:
-                    # GeneratorExit: grpc closed us while we waited at `yield` (cancel or deadline).
-                    error = exc
-                    raise
-                except Exception as exc:
-                    error = exc
-                    await report_bug(context, exc)
-                finally:
-                    admission.active -= 1
-                    series.handled(_final_code(context, error), started)
 
         else:
 
             async def behavior(request: Any, context: aio.ServicerContext) -> Any:  # type: ignore[misc]
-                started, error = time.perf_counter(), None
-                series.started.inc()
-                admission.active += 1
-                try:
+                async with _Accounted(series, admission, context, handler):
                     response = await inner(await admit(request, context), context)
                     series.sent.inc()
                     return response
-                except (asyncio.CancelledError, aio.AbortError) as exc:
-                    error = exc
-                    raise
-                except Exception as exc:
-                    error = exc
-                    await report_bug(context, exc)
-                finally:
-                    admission.active -= 1
-                    series.handled(_final_code(context, error), started)
 
         return rebuild(handler, behavior, admission.size_limited(handler.request_deserializer))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import tempfile
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from seqpredict.models.atomic import atomic_torch_save
 from seqpredict.server.metrics import Metrics
 from seqpredict.server.sessions import SessionPool
 
@@ -65,9 +65,7 @@ def capture(pool: SessionPool, fingerprint: str) -> Snapshot:
 
 
 def write(snapshot: Snapshot, path: str | os.PathLike[str]) -> None:
-    """Temporary file in the same directory, fsync, rename, fsync the directory: all or nothing."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """All or nothing: a crash while writing leaves the previous snapshot in place."""
     payload = {
         "format": FORMAT_TAG,
         "version": FORMAT_VERSION,
@@ -79,21 +77,7 @@ def write(snapshot: Snapshot, path: str | os.PathLike[str]) -> None:
         "last_used_at": snapshot.last_used_at,
         "states": snapshot.states,
     }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    atomic_torch_save(payload, path, mode=0o600)  # session state is the users' data: owner only
 
 
 def read(path: str | os.PathLike[str], fingerprint: str, state_shapes: list[tuple[int, int]]) -> Snapshot:
