@@ -38,7 +38,7 @@ class TrainRun:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory, _one_thread: None) -> TrainRun:
+def run(tmp_path_factory: pytest.TempPathFactory) -> TrainRun:
     """One short seqpredict-train run shared by the tests that inspect its outputs."""
     d = tmp_path_factory.mktemp("train")
     train, val = d / "train.txt", d / "val.txt"

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from seqpredict.models.checkpoint import save_checkpoint
 from seqpredict.models.config import ModelConfig
@@ -48,6 +47,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        print("seqpredict-train: training needs the `train` extra: pip install 'seqpredict[train]'", file=sys.stderr)
+        return 2
     try:
         cfg = TrainConfig(**{k: getattr(args, k) for k in TrainConfig.__dataclass_fields__})
         train_files, val_files = read_text_files(args.train), read_text_files(args.val)
