@@ -6,6 +6,7 @@ unbatched, in-process model), because on a shared 2-core machine only the ratios
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from targets import Target
@@ -17,6 +18,9 @@ TORCHSERVE_REFERENCE = (
     "| sessions | tokens/s | p50 |\n|---:|---:|---:|\n"
     "| 1 | 90 | 9 ms |\n| 16 | 650 | — |\n| 64 | 1,600 | — |\n"
 )
+
+
+ANALYSIS = Path(__file__).resolve().parent / "ANALYSIS.md"
 
 
 def _num(value: float | None, digits: int = 0) -> str:
@@ -141,6 +145,8 @@ def render(results: dict[str, Any], targets: list[Target], png_name: str) -> str
         targets_table(targets),
         "",
     ]
+    if ANALYSIS.exists():  # the team's reading of the misses, written from profiles and measurements
+        parts += [ANALYSIS.read_text().strip(), ""]
     for mode, title in (
         ("pingpong", "Single tokens, ping-pong"),
         ("prefill", f"Prefill ({cfg['chunk']}-token chunks)"),

@@ -150,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=None, help="override the measured seconds per run")
     p.add_argument("--memory-sessions", type=int, default=None, help="override the idle sessions of the memory figure")
     p.add_argument("--out", type=Path, default=OUT_DIR, help="output directory (default: bench/out)")
+    p.add_argument(
+        "--rerender", action="store_true", help="rewrite the report from OUT/results.json without measuring again"
+    )
     args = p.parse_args(argv)
     plan = SHORT if args.short else FULL
     if args.duration is not None:
@@ -165,7 +168,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile_raw is not None:
         args.profile_raw.unlink(missing_ok=True)  # never summarise a stale profile
 
-    results = Bench(plan, args).run()
+    if args.rerender:
+        # Re-render the report from a finished run (e.g. after editing bench/ANALYSIS.md).
+        results = json.loads((args.out / "results.json").read_text())
+        plan = FULL if results.get("mode") == "full" else SHORT
+        args.profile_raw = None
+    else:
+        results = Bench(plan, args).run()
     if args.profile_raw is not None and args.profile_raw.exists():
         write_profile(results, args.profile_raw, args.profile_label, args.out)
     evaluated = targets.evaluate(results)

@@ -302,11 +302,12 @@ class Engine:
         out: list[list[TopK]] = []
         start = 0
         for x, k in zip(logits, ks, strict=True):
+            if x.dim() == 1 and k == k_max:  # the common case, kept free of per-row comprehensions
+                out.append([(ids[start], probs[start], logps[start])])
+                start += 1
+                continue
             end = start + (1 if x.dim() == 1 else x.shape[0])
-            if k == k_max:
-                out.append([(ids[r], probs[r], logps[r]) for r in range(start, end)])
-            else:
-                out.append([(ids[r][:k], probs[r][:k], logps[r][:k]) for r in range(start, end)])
+            out.append([(ids[r][:k], probs[r][:k], logps[r][:k]) for r in range(start, end)])
             start = end
         return out
 
