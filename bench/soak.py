@@ -230,8 +230,13 @@ class Tracked:
         ):
             self.t.wrong_answer(f"{where}: {len(answers)} tokens at {[a.position for a in answers][:5]}…")
         for k, a in enumerate(answers):
-            if abs(a.probability - reference[start + k][a.token].item()) > TOLERANCE:
-                self.t.wrong_answer(f"{where}: token {k} probability {a.probability}")
+            expected = reference[start + k][a.token].item()
+            if abs(a.probability - expected) > TOLERANCE:
+                self.t.wrong_answer(
+                    f"{where}: token {k} (id {a.token}) probability {a.probability:.7f}, reference {expected:.7f}"
+                    f" (prompt {len(prompt)}, temperature {request.temperature}, top_p {request.top_p:.2f},"
+                    f" history {self.history[: start + k + 1]})"
+                )
 
     async def end(self) -> None:
         try:
