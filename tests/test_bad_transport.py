@@ -99,6 +99,24 @@ def test_a_message_that_is_not_valid_protobuf_fails_only_its_call(
     assert_serving(server.address)
 
 
+def test_a_corrupt_message_behind_many_good_ones_ends_the_stream_after_their_answers(server: RunningServer) -> None:
+    """The message is parsed while earlier answers are still being sent: every earlier request is
+    answered, in order, and then the stream ends INVALID_ARGUMENT (never INTERNAL or a hang)."""
+    sessions = [unique_id("corrupt-late") for _ in range(200)]  # one each: no per-session queue bound in play
+    good = [pb.PredictRequest(session_id=s, text="a").SerializeToString() for s in sessions]
+    payload = [*good, b"\x0a\xff\xff"]
+    answers: list[pb.PredictResponse] = []
+    with server.channel() as channel:
+        call = channel.stream_stream(
+            "/seqpredict.v1.SequencePredictor/Predict", response_deserializer=pb.PredictResponse.FromString
+        )(iter(payload), timeout=30)
+        with pytest.raises(grpc.RpcError) as err:
+            answers.extend(call)
+    assert err.value.code() == INVALID, err.value.details()
+    assert [(a.session_id, a.position, a.HasField("error")) for a in answers] == [(s, 1, False) for s in sessions]
+    assert_serving(server.address)
+
+
 # -- message size ----------------------------------------------------------------------------------------------
 
 OVERSIZED: dict[str, tuple[str, Callable[[pb_grpc.SequencePredictorStub], Any], int]] = {

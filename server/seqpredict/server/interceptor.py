@@ -64,6 +64,17 @@ def _final_code(context: aio.ServicerContext, exc: BaseException | None) -> str:
     return "Unknown" if exc is not None else "OK"
 
 
+class _Refused(Exception):
+    """A streamed request message the call cannot use. Raised, not aborted on the spot: the
+    message is read in a task of its own while the handler's task may be sending an answer,
+    and gRPC refuses a status sent alongside a message (TOO_MANY_OPERATIONS). The handler's
+    task turns it into the status once the answers before it are written."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code, self.details = code, details
+
+
 class _Accounted:
     """One call from start to end: started/handled/seconds, its admission slot, and a bug turned
     into INTERNAL with the traceback logged (never grpc's opaque UNKNOWN)."""
@@ -81,6 +92,8 @@ class _Accounted:
     async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
         # CancelledError / GeneratorExit: grpc ended the call (cancel, deadline); AbortError: a status was set.
         try:
+            if isinstance(exc, _Refused):
+                await self._context.abort(exc.code, exc.details)
             if isinstance(exc, Exception) and not isinstance(exc, aio.AbortError):
                 log.error("unexpected error in %s", self._handler, exc_info=(kind, exc, tb))
                 await self._context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}")
@@ -121,23 +134,20 @@ class RpcGuard(aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler:
         inner, admission, metrics = inner_behavior(handler), self._admission, self._metrics
 
-        async def oversized(message: Oversized, context: aio.ServicerContext) -> None:
+        def refused(message: Oversized | Malformed) -> _Refused:
+            if type(message) is Malformed:
+                return _Refused(grpc.StatusCode.INVALID_ARGUMENT, f"request message is not valid: {message.reason}")
             metrics.rejected.labels("message_size").inc()
             limit = admission.max_message_bytes
-            await context.abort(
+            return _Refused(
                 grpc.StatusCode.RESOURCE_EXHAUSTED, f"message of {message.size} bytes is over the limit of {limit}"
             )
-
-        async def unusable(message: Oversized | Malformed, context: aio.ServicerContext) -> None:
-            if type(message) is Malformed:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request message is not valid: {message.reason}")
-            await oversized(message, context)  # type: ignore[arg-type]
 
         async def counted(messages: AsyncIterator[Any], context: aio.ServicerContext) -> AsyncIterator[Any]:
             async for message in messages:
                 series.received.inc()
                 if type(message) in UNUSABLE:
-                    await unusable(message, context)
+                    raise refused(message)
                 yield message
 
         async def admit(request: Any, context: aio.ServicerContext) -> Any:
@@ -147,7 +157,7 @@ class RpcGuard(aio.ServerInterceptor):
                 return counted(request, context)
             series.received.inc()
             if type(request) in UNUSABLE:
-                await unusable(request, context)
+                raise refused(request)
             return request
 
         if handler.response_streaming:
