@@ -65,10 +65,10 @@ def _final_code(context: aio.ServicerContext, exc: BaseException | None) -> str:
 
 
 class _Refused(Exception):
-    """A streamed request message the call cannot use. Raised, not aborted on the spot: the
-    message is read in a task of its own while the handler's task may be sending an answer,
-    and gRPC refuses a status sent alongside a message (TOO_MANY_OPERATIONS). The handler's
-    task turns it into the status once the answers before it are written."""
+    """A request message the call cannot use (oversized or malformed). Raised, not aborted on
+    the spot: a streamed message is read in a task of its own while the handler's task may be
+    sending an answer, and gRPC refuses a status sent alongside a message (TOO_MANY_OPERATIONS).
+    `_Accounted` turns it into the status in the handler's task, after the earlier answers."""
 
     def __init__(self, code: grpc.StatusCode, details: str) -> None:
         super().__init__(details)
