@@ -217,7 +217,8 @@ def test_predict_many_equals_individual_feeds(client: Client) -> None:
     assert isinstance(follow[0], Prediction) and len(follow[0].next) == 3
     assert isinstance(follow[1], InvalidArgument)
     assert isinstance(follow[2], Prediction) and follow[2].position == len(texts[2]) + 2
-    assert follow[0].next[0] == alone[0].feed(" any", top_k=3).next[0]
+    # Batched with other sessions, the head runs over several rows at once: equal within the contract.
+    assert_same_distribution(follow[0], alone[0].feed(" any", top_k=3))
 
 
 # -- generation ---------------------------------------------------------------------------------------

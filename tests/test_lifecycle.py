@@ -130,35 +130,70 @@ def test_sigkill_between_snapshots_is_reported_never_served_wrong(tmp_path, chec
         restarted.kill()
 
 
-@pytest.mark.parametrize("damage", ["garbage", "truncated", "other-model"])
-def test_a_bad_snapshot_means_a_clean_start_and_a_log_line(tmp_path, checkpoint, damage):
+def _write_snapshot(path: Path, checkpoint, fingerprint: str) -> None:
+    cfg = checkpoint.config
+    state = [torch.zeros(cfg.num_layers, 1, cfg.hidden_size) for _ in cfg.state_names]
+    snap = snapshot.Snapshot(
+        fingerprint=fingerprint,
+        session_ids=["kept"],
+        positions=torch.tensor([3]),
+        created_at=torch.tensor([time.time()], dtype=torch.float64),
+        last_used_at=torch.tensor([time.time()], dtype=torch.float64),
+        states=state,
+    )
+    snapshot.write(snap, path)
+
+
+def test_a_snapshot_of_another_model_is_kept_aside_and_the_server_starts_clean(tmp_path, checkpoint):
     path = tmp_path / "sessions.snapshot"
-    if damage == "garbage":
-        path.write_bytes(os.urandom(4096))
-    else:
-        cfg = checkpoint.config
-        state = [torch.zeros(cfg.num_layers, 1, cfg.hidden_size) for _ in cfg.state_names]
-        snap = snapshot.Snapshot(
-            fingerprint="0" * 64 if damage == "other-model" else checkpoint.fingerprint,
-            session_ids=["kept"],
-            positions=torch.tensor([3]),
-            created_at=torch.tensor([time.time()], dtype=torch.float64),
-            last_used_at=torch.tensor([time.time()], dtype=torch.float64),
-            states=state,
-        )
-        snapshot.write(snap, path)
-        if damage == "truncated":
-            path.write_bytes(path.read_bytes()[:-100])
+    _write_snapshot(path, checkpoint, "0" * 64)
+    original = path.read_bytes()
     server = ServerProcess(tmp_path / "server.log", "--snapshot-path", str(path))
     try:
-        assert "starting with no sessions" in server.log()
-        expected = "not restoring" if damage == "other-model" else "unreadable snapshot"
-        assert expected in server.log()
+        assert "not restoring" in server.log() and "starting with no sessions" in server.log()
+        (aside,) = tmp_path.glob("sessions.snapshot.rejected-*")
+        assert aside.read_bytes() == original, "the other model's sessions are moved aside, never destroyed"
+        assert not path.exists()
         with pytest.raises(grpc.RpcError) as err:
             server.stub().GetSession(pb.GetSessionRequest(session_id="kept"))
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
     finally:
-        server.kill()
+        server.signal(signal.SIGTERM)
+        assert server.wait(60) == 0
+    assert path.exists() and aside.read_bytes() == original
+
+
+@pytest.mark.parametrize("content", ["garbage", "truncated-snapshot", "copy-of-the-checkpoint", "text"])
+def test_a_file_at_the_snapshot_path_that_is_no_snapshot_stops_the_server_untouched(tmp_path, checkpoint, content):
+    """Whatever it is, it is not ours to overwrite at the next drain: exit 2 naming it, the file unchanged."""
+    path = tmp_path / "sessions.snapshot"
+    if content == "garbage":
+        path.write_bytes(os.urandom(4096))
+    elif content == "truncated-snapshot":
+        _write_snapshot(path, checkpoint, checkpoint.fingerprint)
+        path.write_bytes(path.read_bytes()[:-100])
+    elif content == "copy-of-the-checkpoint":
+        path.write_bytes(Path(checkpoint.path).read_bytes())
+    else:
+        path.write_text("precious notes\n")
+    original = path.read_bytes()
+    server = ServerProcess(tmp_path / "server.log", "--snapshot-path", str(path), wait=False)
+    assert server.wait(60) == 2
+    assert "snapshot_path" in server.log() and "move it away or choose another path" in server.log()
+    assert "Traceback" not in server.log()
+    assert path.read_bytes() == original
+
+
+def test_the_checkpoint_as_snapshot_path_is_refused_at_start_up(tmp_path, checkpoint):
+    model = tmp_path / "model.pt"
+    model.write_bytes(Path(checkpoint.path).read_bytes())
+    original = model.read_bytes()
+    server = ServerProcess(
+        tmp_path / "server.log", "--checkpoint", str(model), "--snapshot-path", str(model), wait=False
+    )
+    assert server.wait(60) == 2
+    assert "is the checkpoint" in server.log()
+    assert model.read_bytes() == original
 
 
 def test_a_checkpoint_that_would_run_code_is_refused_at_start_up(tmp_path):

@@ -1,15 +1,15 @@
 """Who may start an RPC, and how large a message may be: the policy the RPC guard applies.
 
 Bearer tokens, the concurrent-call limit, the message-size limit and refusal while
-draining. Health checks are always admitted — orchestrators probe without credentials,
-and a probe must see NOT_SERVING during a drain rather than a refusal.
+draining. Health checks are always admitted and never count as calls — orchestrators
+probe without credentials, a probe must see NOT_SERVING during a drain rather than a
+refusal, and a health Watch stream (which never ends by itself) must not hold a drain open.
 """
 
 from __future__ import annotations
 
 import hmac
 from collections.abc import Callable
-from pathlib import Path
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -17,17 +17,6 @@ from google.protobuf.message import DecodeError
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 # gRPC's own receive limit, as a multiple of ours: it stops absurd sizes before any allocation.
 HARD_LIMIT_FACTOR = 4
-
-
-def load_tokens(tokens: str, tokens_file: str) -> frozenset[str]:
-    """Tokens from a comma-separated string and/or a file of one token per line (# comments)."""
-    found = {t.strip() for t in tokens.split(",") if t.strip()}
-    if tokens_file:
-        for line in Path(tokens_file).read_text().splitlines():
-            line = line.strip()
-            if line and not line.startswith("#"):
-                found.add(line)
-    return frozenset(found)
 
 
 class Oversized:
@@ -59,6 +48,11 @@ class Admission:
         self.active = 0
         self.draining = False
 
+    @staticmethod
+    def counted(details: grpc.HandlerCallDetails) -> bool:
+        """Whether the call counts against max_streams and holds a drain open (health does neither)."""
+        return not details.method.startswith(HEALTH_PREFIX)
+
     def refusal(self, details: grpc.HandlerCallDetails) -> tuple[grpc.StatusCode, str, str] | None:
         """Why this call may not start, or None to admit it."""
         if details.method.startswith(HEALTH_PREFIX):
@@ -76,8 +70,11 @@ class Admission:
         if not self._tokens:
             return True
         for key, value in details.invocation_metadata or ():
-            if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
-                offered = value[len("Bearer ") :].strip().encode()
+            if key != "authorization" or not isinstance(value, str):
+                continue
+            scheme, _, credentials = value.strip().partition(" ")
+            if scheme.lower() == "bearer":  # the scheme is case-insensitive (RFC 6750, RFC 9110)
+                offered = credentials.strip().encode()
                 # Compare against every token in constant time: no timing hint about which one matched.
                 return any([hmac.compare_digest(offered, t) for t in self._tokens])
         return False

@@ -1,4 +1,9 @@
-"""`seqpredict-server`: read the settings, serve until SIGTERM/SIGINT, shut down in order."""
+"""`seqpredict-server`: read the settings, serve until SIGTERM/SIGINT, shut down in order.
+
+Exit codes: 0 after a clean drain; 1 when the final snapshot failed or the inference thread
+died (the orchestrator should restart us; sessions come back from the last snapshot);
+2 for a bad setting or anything else that stops the server at start-up.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +16,12 @@ import sys
 from seqpredict.models import CheckpointError
 from seqpredict.server.app import create_server
 from seqpredict.server.config import Settings
+from seqpredict.server.snapshotter import StartupError
 
 log = logging.getLogger("seqpredict.server")
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings) -> int:
     app = await create_server(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -29,8 +35,16 @@ async def serve(settings: Settings) -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
-    await stop.wait()
-    await app.stop()
+    stopped, fatal = asyncio.create_task(stop.wait()), asyncio.create_task(app.fatal.wait())
+    await asyncio.wait((stopped, fatal), return_when=asyncio.FIRST_COMPLETED)
+    saved = await app.stop()
+    if app.fatal.is_set():
+        log.error("exiting with status 1: the inference thread died")
+        return 1
+    if not saved:
+        log.error("exiting with status 1: the final snapshot was not written")
+        return 1
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,14 +58,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     log.info("settings:\n%s", settings.describe())
     try:
-        asyncio.run(serve(settings))
-    except CheckpointError as exc:
+        return asyncio.run(serve(settings))
+    except (CheckpointError, StartupError) as exc:
         log.error("%s", exc)
         return 2
     except OSError as exc:
         log.error("cannot start: %s", exc)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -42,7 +43,9 @@ class Settings:
     max_batch_size: int = dataclasses.field(default=256, metadata=_meta("sessions per engine batch (1: no batching)"))
     max_batch_tokens: int = dataclasses.field(default=2048, metadata=_meta("tokens per engine batch"))
     prefill_chunk: int = dataclasses.field(default=512, metadata=_meta("longest piece of one request per batch"))
-    max_delay_ms: float = dataclasses.field(default=0.0, metadata=_meta("wait this long for a batch to fill"))
+    max_delay_ms: float = dataclasses.field(
+        default=0.0, metadata=_meta("when new work arrives, wait up to this long for a fuller batch")
+    )
     torch_threads: int = dataclasses.field(
         default=1, metadata=_meta("torch threads; 1 is fastest when other processes share the cores")
     )
@@ -66,8 +69,34 @@ class Settings:
     max_generate_tokens: int = dataclasses.field(default=4096, metadata=_meta("tokens one Generate may produce"))
     max_message_bytes: int = dataclasses.field(default=4 * 1024 * 1024, metadata=_meta("largest request message"))
     max_streams: int = dataclasses.field(default=4096, metadata=_meta("concurrent RPCs before RESOURCE_EXHAUSTED"))
-    session_queue_limit: int = dataclasses.field(default=64, metadata=_meta("requests queued per session"))
-    queue_limit: int = dataclasses.field(default=100_000, metadata=_meta("requests queued in total"))
+    max_answer_bytes: int = dataclasses.field(
+        default=64 * 1024 * 1024,
+        metadata=_meta("largest answer sent, to clients that declare a receive limit at least this large"),
+    )
+
+    # Flow control: what one Predict stream may hold before the server stops reading it.
+    stream_window: int = dataclasses.field(
+        default=1024, metadata=_meta("requests one stream may have in flight or unsent before reading pauses")
+    )
+    stream_window_bytes: int = dataclasses.field(
+        default=8 * 1024 * 1024, metadata=_meta("answer bytes one stream may have in flight or unsent (upper bound)")
+    )
+
+    # Connections: bounded, so idle or half-open ones cannot use up file descriptors.
+    max_connections: int = dataclasses.field(
+        default=1024, metadata=_meta("open gRPC connections; more are refused until some close")
+    )
+    max_connection_idle_s: float = dataclasses.field(
+        default=300.0, metadata=_meta("close a connection with no calls after this long (0: never)")
+    )
+    max_connection_age_s: float = dataclasses.field(
+        default=0.0, metadata=_meta("ask clients to reconnect after this long, letting calls finish (0: never)")
+    )
+
+    # The inference thread's watchdog.
+    engine_stall_s: float = dataclasses.field(
+        default=30.0, metadata=_meta("NOT_SERVING while the inference thread shows no sign of life for this long")
+    )
 
     # Shutdown and restarts.
     grace_s: float = dataclasses.field(
@@ -86,11 +115,13 @@ class Settings:
     tls_client_ca: str = dataclasses.field(
         default="", metadata=_meta("PEM CA bundle: require client certificates signed by it (mutual TLS)")
     )
-    auth_tokens: str = dataclasses.field(
-        default="", metadata=_meta("comma-separated bearer tokens accepted in `authorization` (enables auth)")
+    # None: not set. Set to anything, they ask for auth: one that yields no token is a start-up
+    # error, never a server that silently accepts everyone.
+    auth_tokens: str | None = dataclasses.field(
+        default=None, metadata=_meta("comma-separated bearer tokens accepted in `authorization` (enables auth)")
     )
-    auth_tokens_file: str = dataclasses.field(
-        default="", metadata=_meta("file of bearer tokens, one per line (enables auth)")
+    auth_tokens_file: str | None = dataclasses.field(
+        default=None, metadata=_meta("file of bearer tokens, one per line, # comments (enables auth)")
     )
 
     reflection: bool = dataclasses.field(default=True, metadata=_meta("serve gRPC server reflection"))
@@ -107,19 +138,30 @@ class Settings:
             "max_generate_tokens",
             "max_message_bytes",
             "max_streams",
-            "session_queue_limit",
-            "queue_limit",
+            "max_answer_bytes",
+            "stream_window",
+            "stream_window_bytes",
+            "max_connections",
         )
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        # NaN passes every comparison below (nan < 0 is False): refuse it, and infinities, by name.
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{f.name} must be a finite number, got {value}")
         for name in ("port", "metrics_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise ValueError(f"{name} must be a port number 0-65535, got {getattr(self, name)}")
         if self.onednn_cache_capacity < 0:
             raise ValueError(f"onednn_cache_capacity must be >= 0, got {self.onednn_cache_capacity}")
-        if self.max_delay_ms < 0 or self.idle_ttl_s <= 0:
-            raise ValueError("max_delay_ms must be >= 0 and idle_ttl_s > 0")
+        for name in ("max_delay_ms", "grace_s", "snapshot_interval_s", "max_connection_idle_s", "max_connection_age_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("idle_ttl_s", "engine_stall_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.state_dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"state_dtype must be float32, bfloat16 or float16, got {self.state_dtype!r}")
         if self.session_policy not in ("evict", "reject"):
@@ -128,18 +170,43 @@ class Settings:
             raise ValueError(f"log_level must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
         if not Path(self.checkpoint).is_file():
             raise ValueError(f"checkpoint {self.checkpoint} does not exist or is not a file")
-        if self.grace_s < 0 or self.snapshot_interval_s < 0:
-            raise ValueError("grace_s and snapshot_interval_s must be >= 0")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("tls_cert and tls_key must be given together")
         if self.tls_client_ca and not self.tls_cert:
             raise ValueError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
-        for name in ("tls_cert", "tls_key", "tls_client_ca", "auth_tokens_file"):
+        for name in ("tls_cert", "tls_key", "tls_client_ca"):
             value = getattr(self, name)
             if value and not Path(value).is_file():
                 raise ValueError(f"{name} {value} does not exist or is not a file")
-        if self.snapshot_path and Path(self.snapshot_path).is_dir():
-            raise ValueError(f"snapshot_path {self.snapshot_path} is a directory; give a file path")
+        if self.auth_tokens_file is not None and not Path(self.auth_tokens_file).is_file():
+            raise ValueError(f"auth_tokens_file {self.auth_tokens_file!r} does not exist or is not a file")
+        if self.auth_tokens is not None and not self.bearer_tokens():
+            raise ValueError("auth_tokens is set but holds no token: give tokens, or unset it to run without auth")
+        if self.auth_tokens_file is not None and not self.bearer_tokens():
+            raise ValueError(
+                f"auth_tokens_file {self.auth_tokens_file} holds no token (only blank lines or # comments):"
+                " add tokens, or unset it to run without auth"
+            )
+        if self.snapshot_path:
+            snapshot = Path(self.snapshot_path)
+            if snapshot.is_dir():
+                raise ValueError(f"snapshot_path {self.snapshot_path} is a directory; give a file path")
+            if snapshot.exists() and snapshot.resolve() == Path(self.checkpoint).resolve():
+                raise ValueError(f"snapshot_path {self.snapshot_path} is the checkpoint: snapshots would overwrite it")
+
+    def bearer_tokens(self) -> frozenset[str]:
+        """Tokens from auth_tokens (comma-separated) and auth_tokens_file (one per line, # comments)."""
+        found = {t.strip() for t in (self.auth_tokens or "").split(",") if t.strip()}
+        if self.auth_tokens_file:
+            for line in Path(self.auth_tokens_file).read_text().splitlines():
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    found.add(line)
+        return frozenset(found)
+
+    @property
+    def auth_enabled(self) -> bool:
+        return self.auth_tokens is not None or self.auth_tokens_file is not None
 
     def describe(self) -> str:
         """One line per setting, for the start-up log; secrets are shown only as set or not."""
@@ -147,7 +214,7 @@ class Settings:
         for f in fields(self):
             value = getattr(self, f.name)
             if f.name in SECRETS:
-                value = f"<{len([t for t in value.split(',') if t.strip()])} token(s)>" if value else "<none>"
+                value = "<none>" if value is None else f"<{len([t for t in value.split(',') if t.strip()])} token(s)>"
                 lines.append(f"  {f.name} = {value}")
             else:
                 lines.append(f"  {f.name} = {value!r}")
@@ -173,12 +240,17 @@ class Settings:
         return cls(**values)
 
 
+def _kind(f: dataclasses.Field) -> str:
+    """The field's base type name: "int", "float", "bool" or "str" (optional strings are strings)."""
+    return str(f.type).removesuffix(" | None")
+
+
 def _type_name(f: dataclasses.Field) -> str:
-    return {"int": "integer", "float": "number", "bool": "boolean (true/false)"}.get(str(f.type), "string")
+    return {"int": "integer", "float": "number", "bool": "boolean (true/false)"}.get(_kind(f), "string")
 
 
 def _convert(f: dataclasses.Field, raw: str) -> Any:
-    kind = str(f.type)
+    kind = _kind(f)
     if kind == "int":
         return int(raw)
     if kind == "float":
@@ -202,10 +274,11 @@ def build_parser() -> argparse.ArgumentParser:
     for f in fields(Settings):
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else "the shipped checkpoint"
+        default = "unset" if default is None else default
         help_text = f"{f.metadata.get('help', '')} (default: {default}; env {ENV_PREFIX}{f.name.upper()})"
-        if str(f.type) == "bool":
+        if _kind(f) == "bool":
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
-            kind = {"int": int, "float": float}.get(str(f.type), str)
+            kind = {"int": int, "float": float}.get(_kind(f), str)
             parser.add_argument(flag, dest=f.name, type=kind, default=None, help=help_text)
     return parser

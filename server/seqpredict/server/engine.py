@@ -1,13 +1,17 @@
 """One batched step of the model for many sessions, on the inference thread.
 
-The scheduler hands over a batch — at most one job per session, each with the number of
-tokens it may process now — and gets back what to deliver. Within a batch:
+The scheduler hands over a batch of runs — per session, one job or several consecutive
+ones that share a chunk, each with the tokens it may feed now — and a list to append
+deliveries to. For every batch:
 
-1. bookkeeping first: sessions are found or created, `expected_position` is checked and
-   `reset` applied, so nothing is ever computed on the wrong state;
-2. every job feeding exactly one token (single-token Predict, one Generate step) joins one
-   fused step: one gather, one matmul per layer, one scatter;
-3. longer chunks (prefill) run through nn.LSTM as whole sequences, grouped by length.
+1. bookkeeping first: each job's `start` (sessions found or created, the guard checked,
+   `reset` applied) and `chunk`, so nothing is ever computed on the wrong state;
+2. Generate rows sample their token (one batched draw), then every row feeding exactly
+   one token joins one fused step: one gather, one cell call per layer, one scatter;
+3. longer rows (prefill, pipelined runs) go through nn.LSTM as whole sequences, grouped
+   by length;
+4. logits only where a job asked for them, through one head matmul, one log-softmax and
+   one top-k for the whole batch; each job's `absorb` turns them into its payload.
 
 No asyncio and no grpc here; the state pool is touched only from this thread.
 """
@@ -17,32 +21,52 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
 from seqpredict.models import Checkpoint, FusedStepper
-from seqpredict.server.errors import Code, RequestFailed
-from seqpredict.server.jobs import NO_TOP, GenerateEvent, GenerateJob, Job, PredictJob, PredictResult, SessionJob, TopK
+from seqpredict.server.errors import RequestFailed
+from seqpredict.server.jobs import Chunk, Job, Sampling, StepOutput, TopK
 from seqpredict.server.metrics import Metrics
+from seqpredict.server.ops import SessionOps
 from seqpredict.server.sampling import sample
 from seqpredict.server.sessions import SessionPool
 
 log = logging.getLogger(__name__)
 
 Delivery = tuple[Job, object]
+KINDS = ("predict", "generate", "session")
+
+
+@dataclass(slots=True)
+class Run:
+    """One session's share of a batch: its jobs in order, each with the tokens it may feed now."""
+
+    session_id: str
+    entries: list[tuple[Job, int]]
+
+
+@dataclass(eq=False, slots=True)
+class _Segment:
+    job: Job
+    chunk: Chunk
+    begin: int  # index of its first token in the row
+    end: int
+    points: range = range(0)  # row-relative indices of the logits it needs (-1: before the row)
+    first_need: int = 0  # where its points start in the batch's list of needed logits
 
 
 @dataclass(eq=False, slots=True)
 class _Row:
-    """One job's share of this batch."""
+    """One session's tokens for this batch: the chunks of its run, back to back."""
 
-    job: Job
     slot: int
-    tokens: list[int]  # what it feeds now; empty for "predict from the current state"
-    want_topk: bool  # answer after the last token of this chunk
-    first_step: int  # index of this chunk's first token within the job (for all_steps)
+    tokens: list[int] = field(default_factory=list)
+    segments: list[_Segment] = field(default_factory=list)
+    sample: Sampling | None = None
+    sampled_probability: float = 0.0
 
 
 class Engine:
@@ -50,12 +74,12 @@ class Engine:
         self.model = checkpoint.build_model()
         self.stepper = FusedStepper(self.model)
         self.vocab = checkpoint.vocab
-        self.vocab_chars = checkpoint.vocab.chars
         self.pool = pool
         self.metrics = metrics
-        # Label children resolved once: a labels() lookup per row showed up in profiles.
-        self._ok = {kind: metrics.requests.labels(kind, "OK") for kind in ("predict", "generate")}
-        self._latency = {kind: metrics.request_latency.labels(kind) for kind in ("predict", "generate")}
+        self.ops = SessionOps(pool, metrics)
+        # Label children resolved once: a labels() lookup per job showed up in profiles.
+        self._ok = {kind: metrics.requests.labels(kind, "OK") for kind in KINDS}
+        self._latency = {kind: metrics.request_latency.labels(kind) for kind in KINDS}
 
     def enter_thread(self) -> None:
         """Call first on the inference thread: no autograd there, set once for the thread
@@ -63,253 +87,230 @@ class Engine:
         torch.set_grad_enabled(False)
 
     # -- the batch ------------------------------------------------------------------------------
-    def run(self, batch: list[tuple[Job, int]]) -> list[Delivery]:
-        """Advance every job of `batch` by its allotted tokens; sets `job.done` on finished jobs."""
+    def run(self, batch: list[Run], out: list[Delivery]) -> None:
+        """Advance every job of `batch`; append what to deliver to `out` as soon as it is final,
+        so that if something fails half-way, whatever was already answered stays answered."""
         started = time.perf_counter()
-        out: list[Delivery] = []
-        singles: list[_Row] = []
-        chunks: list[_Row] = []
-        pool = self.pool
-        now = pool.clock()
-        # Touch every live session of the batch first so LRU eviction never picks one of them.
-        pinned: set[int] = set()
-        for job, _ in batch:
-            slot = pool.slot(job.session_id)
-            if slot is not None:
-                pool.touch(job.session_id, slot, now)
-                pinned.add(slot)
-        tokens_in = 0
-        for job, allotted in batch:
-            try:
-                if isinstance(job, SessionJob):
-                    out.append((job, self._session_op(job)))
-                    job.done = True
-                    continue
-                slot = self._begin(job, pinned, started)
-            except RequestFailed as exc:
-                out.append((job, exc))
-                job.done = True
-                self.metrics.count_failure(_kind(job), exc)
-                continue
-            row = self._row(job, slot, allotted)
-            tokens_in += len(row.tokens)
-            (singles if len(row.tokens) <= 1 else chunks).append(row)
-        if singles:
-            self._run_singles(singles, out)
-        if chunks:
-            self._run_chunks(chunks, out)
-        m = self.metrics
-        m.batch_size.observe(len(batch))
-        m.batch_tokens.observe(tokens_in)
-        m.batch_seconds.observe(time.perf_counter() - started)
-        return out
-
-    def _begin(self, job: Job, pinned: set[int], now: float) -> int:
-        """The job's slot; on its first batch also check expected_position, create, reset."""
-        pool = self.pool
-        if job.started:
-            slot = pool.slot(job.session_id)
-            if slot is None:
-                raise RequestFailed(Code.FAILED_PRECONDITION, f"session {job.session_id!r} was evicted mid-request", 0)
-            return slot
-        self.metrics.queue_wait.observe(now - job.received)
-        slot = pool.slot(job.session_id)
-        expected = job.expected_position  # type: ignore[attr-defined]
-        if expected is not None:
-            actual = pool.position(slot) if slot is not None else 0
-            if actual != expected:
-                raise RequestFailed(
-                    Code.FAILED_PRECONDITION,
-                    f"session {job.session_id!r} is at position {actual}, not the expected {expected}",
-                    actual,
-                )
-        slot, created = pool.acquire(job.session_id, pinned)
-        pinned.add(slot)
-        if created:
-            self.metrics.sessions_created.inc()
-        elif job.reset:  # type: ignore[attr-defined]
-            pool.reset(slot)
-        job.started, job.created = True, created
-        return slot
-
-    def _row(self, job: Job, slot: int, allotted: int) -> _Row:
-        if isinstance(job, PredictJob):
-            start = job.offset
-            end = min(len(job.tokens), start + max(allotted, 1))
-            last = end == len(job.tokens)
-            return _Row(job, slot, job.tokens[start:end], last or job.all_steps, start)
-        assert isinstance(job, GenerateJob)
-        if job.offset < len(job.prompt):
-            end = min(len(job.prompt), job.offset + max(allotted, 1))
-            return _Row(job, slot, job.prompt[job.offset : end], end == len(job.prompt), job.offset)
-        return _Row(job, slot, [-1], True, 0)  # -1: sampled in this batch, then fed
-
-    def _session_op(self, job: SessionJob) -> object:
-        pool = self.pool
-        if job.end:
-            position = pool.release(job.session_id, "end")
-            if position is None:
-                raise RequestFailed(Code.NOT_FOUND, f"session {job.session_id!r} does not exist")
-            return position
-        record = pool.record(job.session_id)
-        if record is None:
-            raise RequestFailed(Code.NOT_FOUND, f"session {job.session_id!r} does not exist")
-        return record
-
-    # -- one token per session: the fused step ------------------------------------------------------
-    def _run_singles(self, rows: list[_Row], out: list[Delivery]) -> None:
-        pool = self.pool
-        slots = torch.tensor([r.slot for r in rows])
-        state = pool.gather(slots)  # each (L, B, H)
-        head_rows = [i for i, r in enumerate(rows) if not r.tokens or (r.tokens[0] < 0 and r.job.logits is None)]
-        state_logits = self.model.next_logits(tuple(s[:, head_rows] for s in state)) if head_rows else None
-        row_logits: dict[int, Tensor] = {}
-        if state_logits is not None:
-            row_logits = {i: state_logits[j] for j, i in enumerate(head_rows)}
-        self._sample_into(rows, row_logits)
-        step_rows = [i for i, r in enumerate(rows) if r.tokens]
-        logits = None
-        if step_rows:
-            sub = state if len(step_rows) == len(rows) else tuple(s[:, step_rows] for s in state)
-            tokens = torch.tensor([rows[i].tokens[0] for i in step_rows])
-            logits, new_state = self.stepper.step(tokens, sub)  # (B, V)
-            pool.scatter(slots if sub is state else slots[step_rows], new_state)
-        results: dict[int, Tensor] = {i: state_logits[j] for j, i in enumerate(head_rows) if not rows[i].tokens}
-        if logits is not None:
-            results.update({i: logits[j] for j, i in enumerate(step_rows) if rows[i].want_topk})
-        self._finish(rows, results, out)
-
-    def _sample_into(self, rows: list[_Row], state_logits: dict[int, Tensor]) -> None:
-        """Pick the token of every Generate row that samples in this batch."""
-        picks = [i for i, r in enumerate(rows) if r.tokens == [-1]]
-        if not picks:
+        ops = self.ops
+        ops.begin_batch(self.pool.clock())
+        rows = [row for run in batch if (row := self._open(run, started, out)) is not None]
+        if not rows:
             return
-        jobs: list[GenerateJob] = [rows[i].job for i in picks]  # type: ignore[misc]
-        logits = torch.stack(
-            [j.logits if j.logits is not None else state_logits[i] for i, j in zip(picks, jobs, strict=False)]
-        )
-        tokens, probs = sample(
-            logits,
-            [j.temperature for j in jobs],
-            [j.top_k for j in jobs],
-            [j.top_p for j in jobs],
-            [j.rng.random() for j in jobs],
-        )
-        for i, job, token, prob in zip(picks, jobs, tokens, probs, strict=True):
-            rows[i].tokens = [token]
-            job.sampled_probability = prob
+        singles = [r for r in rows if len(r.tokens) == 1 or r.sample is not None]
+        chunks = [r for r in rows if len(r.tokens) > 1]
+        empties = [r for r in rows if not r.tokens and r.sample is None]
+        needs: list[tuple[_Row, int]] = []  # (row, point) for every logits row a job asked for
+        for r in rows:
+            for seg in r.segments:
+                seg.first_need = len(needs)
+                needs.extend((r, p) for p in seg.points)
+        hidden: dict[int, Tensor] = {}  # id(row) → (T + 1, H): the top layer before and after each token
+        step_logits = self._run_singles(singles, hidden) if singles else None
+        if chunks:
+            self._run_chunks(chunks, hidden)
+        if empties:
+            self._initial_hidden(empties, hidden)
+        logits = self._logits(needs, singles, step_logits, hidden)
+        self._finish(rows, logits, out, started)
 
-    # -- whole chunks: nn.LSTM over the sequence ------------------------------------------------------
-    def _run_chunks(self, rows: list[_Row], out: list[Delivery]) -> None:
-        by_length: dict[int, list[int]] = defaultdict(list)
-        for i, r in enumerate(rows):
-            by_length[len(r.tokens)].append(i)
-        results: dict[int, Tensor] = {}
-        for idx in by_length.values():
-            slots = torch.tensor([rows[i].slot for i in idx])
-            tokens = torch.tensor([rows[i].tokens for i in idx])  # (G, T)
-            feats, new_state = self.model.features(tokens, self.pool.gather(slots))  # (G, T, H)
-            self.pool.scatter(slots, new_state)
-            for j, i in enumerate(idx):
-                r = rows[i]
-                if isinstance(r.job, PredictJob) and r.job.all_steps:
-                    results[i] = self.model.head(feats[j])  # (T, V)
-                elif r.want_topk:
-                    results[i] = self.model.head(feats[j, -1])  # (V,)
-        self._finish(rows, results, out)
-
-    # -- results ---------------------------------------------------------------------------------------
-    def _finish(self, rows: list[_Row], logits: dict[int, Tensor], out: list[Delivery]) -> None:
-        """Advance positions and answer: top-k for Predict, one event per token for Generate."""
-        pool, m = self.pool, self.metrics
-        topk_rows = [i for i, r in enumerate(rows) if i in logits and type(r.job) is PredictJob]
-        topk = self._topk([logits[i] for i in topk_rows], [rows[i].job.top_k for i in topk_rows]) if topk_rows else []
-        topk_of = dict(zip(topk_rows, topk, strict=True))
-        counts = [len(r.tokens) for r in rows]
-        positions = pool.advance_all([r.slot for r in rows], counts)  # one vectorised update
-        now = time.perf_counter()
-        consumed = generated = answered = 0
-        latency = self._latency["predict"]
-        for i, r in enumerate(rows):
-            job, n = r.job, counts[i]
-            if type(job) is PredictJob:
-                consumed += n
-                job.offset += n
-                top = topk_of.get(i)
-                if job.all_steps and n and top is not None:
-                    job.steps = (job.steps or []) + top
-                if job.offset < len(job.tokens):
-                    continue
-                result = PredictResult(positions[i], job.created, top[-1] if top else NO_TOP)
-                if job.all_steps:
-                    result.steps = job.steps
-                if job.end:
-                    pool.release(job.session_id, "end")
-                    result.ended = True
+    def _open(self, run: Run, now: float, out: list[Delivery]) -> _Row | None:
+        """Start the run's jobs (bookkeeping and checks) and lay their chunks out in one row."""
+        ops, row, pending = self.ops, None, 0
+        for job, allotted in run.entries:
+            try:
+                if not job.started:
+                    self.metrics.queue_wait.observe(now - job.received)
+                    payload = job.start(ops, pending)
+                    job.started = True
+                    if payload is not None:
+                        self._answer(job, payload, out, time.perf_counter())
+                        job.done = True
+                        continue
+                chunk = job.chunk(allotted)
+            except RequestFailed as exc:
+                self._refuse(job, exc, out)
+                continue
+            if chunk is None:  # finished quietly (a generation nobody reads any more)
                 job.done = True
-                out.append((job, result))
-                answered += 1
-                latency.observe(now - job.received)
+                self.ops.busy.discard(self.pool.slot(job.session_id))  # type: ignore[arg-type]
+                continue
+            if row is None:
+                row = _Row(ops.slot_of_started(run.session_id))
+            begin = len(row.tokens)
+            row.tokens += chunk.tokens
+            end = len(row.tokens)
+            if chunk.sample is not None:
+                row.sample = chunk.sample
+                end = begin + 1  # the sampled token, filled in before the step
+            row.segments.append(_Segment(job, chunk, begin, end, _points(chunk, begin, end)))
+            pending += end - begin
+        return row
+
+    def _refuse(self, job: Job, error: RequestFailed, out: list[Delivery]) -> None:
+        job.done = True
+        out.append((job, error))
+        self.metrics.count_failure(job.kind, error)
+
+    def _answer(self, job: Job, payload: object, out: list[Delivery], now: float) -> None:
+        out.append((job, payload))
+        self._latency[job.kind].observe(now - (job.answered_at or job.received))
+        job.answered_at = now
+
+    # -- one token per row: sampling and the fused step ------------------------------------------------
+    def _run_singles(self, rows: list[_Row], hidden: dict[int, Tensor]) -> Tensor:
+        """Sample where asked, step every row by its one token; returns the step's logits (B, V)."""
+        slots = torch.tensor([r.slot for r in rows])
+        state = self.pool.gather(slots)  # each (L, B, H)
+        if any(r.sample is not None for r in rows):
+            self._sample_into(rows, state)
+        tokens = torch.tensor([r.tokens[0] for r in rows])
+        logits, new_state = self.stepper.step(tokens, state)  # (B, V)
+        self.pool.scatter(slots, new_state)
+        before, after = state[0][-1], new_state[0][-1]  # top layer's h: (B, H)
+        for i, r in enumerate(rows):
+            if any(p < 0 for seg in r.segments for p in seg.points):
+                hidden[id(r)] = torch.stack((before[i], after[i]))
+        return logits
+
+    def _sample_into(self, rows: list[_Row], state: tuple[Tensor, ...]) -> None:
+        """Pick the token of every row that samples in this batch (one batched draw)."""
+        picks = [i for i, r in enumerate(rows) if r.sample is not None]
+        samplings: list[Sampling] = [rows[i].sample for i in picks]  # type: ignore[misc]
+        missing = [j for j, s in enumerate(samplings) if s.prior is None]
+        if missing:  # no logits kept yet (no prompt): the head over the state's top layer
+            fresh = self.model.next_logits(tuple(s[:, [picks[j] for j in missing]] for s in state))
+            for n, j in enumerate(missing):
+                samplings[j].prior = fresh[n]
+        tokens, probs = sample(
+            torch.stack([s.prior for s in samplings]),
+            [s.temperature for s in samplings],
+            [s.top_k for s in samplings],
+            [s.top_p for s in samplings],
+            [s.uniform for s in samplings],
+        )
+        for i, token, prob in zip(picks, tokens, probs, strict=True):
+            rows[i].tokens = [token]
+            rows[i].sampled_probability = prob
+
+    # -- whole chunks: nn.LSTM over the sequence --------------------------------------------------------
+    def _run_chunks(self, rows: list[_Row], hidden: dict[int, Tensor]) -> None:
+        by_length: dict[int, list[_Row]] = defaultdict(list)
+        for r in rows:
+            by_length[len(r.tokens)].append(r)
+        for group in by_length.values():
+            slots = torch.tensor([r.slot for r in group])
+            state = self.pool.gather(slots)
+            feats, new_state = self.model.features(torch.tensor([r.tokens for r in group]), state)  # (G, T, H)
+            self.pool.scatter(slots, new_state)
+            before = state[0][-1]  # (G, H)
+            for j, r in enumerate(group):
+                hidden[id(r)] = torch.cat((before[j : j + 1], feats[j]))  # (T + 1, H)
+
+    def _initial_hidden(self, rows: list[_Row], hidden: dict[int, Tensor]) -> None:
+        """Rows that feed nothing and only predict from the state."""
+        state = self.pool.gather(torch.tensor([r.slot for r in rows]))
+        for j, r in enumerate(rows):
+            hidden[id(r)] = state[0][-1][j : j + 1]  # (1, H)
+
+    def _logits(
+        self,
+        needs: list[tuple[_Row, int]],
+        singles: list[_Row],
+        step_logits: Tensor | None,
+        hidden: dict[int, Tensor],
+    ) -> Tensor | None:
+        """The logits rows of `needs`, in order: the step's own where it computed them, the rest
+        through one head matmul."""
+        if not needs:
+            return None
+        single_index = {id(r): i for i, r in enumerate(singles)}
+        from_step: list[int] = []
+        extra: list[Tensor] = []
+        order: list[int] = []  # per need: its row in cat(step_logits, head(extra))
+        base = step_logits.shape[0] if step_logits is not None else 0
+        for r, p in needs:
+            i = single_index.get(id(r))
+            if i is not None and p == 0:
+                order.append(i)
+                from_step.append(i)
             else:
-                assert isinstance(job, GenerateJob)
-                if job.offset < len(job.prompt):
-                    consumed += n
-                    job.offset += n
-                    if job.offset == len(job.prompt):
-                        job.logits = logits.get(i)
+                order.append(base + len(extra))
+                extra.append(hidden[id(r)][p + 1])
+        if not extra and step_logits is not None and order == list(range(base)):
+            return step_logits  # the common case: one answer per single-token row, in order
+        parts = [step_logits] if step_logits is not None else []
+        if extra:
+            parts.append(self.model.head(torch.stack(extra)))
+        table = torch.cat(parts) if len(parts) > 1 else parts[0]
+        return table.index_select(0, torch.tensor(order))
+
+    # -- results -----------------------------------------------------------------------------------------
+    def _finish(self, rows: list[_Row], logits: Tensor | None, out: list[Delivery], started: float) -> None:
+        """Advance positions, then let every job absorb its share: top-k, kept logits, sampled token."""
+        tops = self._topk(rows, logits) if logits is not None else []
+        counts = [len(r.tokens) for r in rows]
+        ends = self.pool.advance_all([r.slot for r in rows], counts)  # one vectorised update
+        ops, pool, now = self.ops, self.pool, time.perf_counter()
+        consumed = generated = 0
+        for r, end_position in zip(rows, ends, strict=True):
+            base = end_position - len(r.tokens)
+            incarnation = pool.incarnation(r.slot)
+            for seg in r.segments:
+                chunk, job = seg.chunk, seg.job
+                fed = seg.end - seg.begin
+                output = StepOutput(base + seg.end, incarnation, fed)
+                if chunk.top_k:
+                    output.top = tops[seg.first_need : seg.first_need + len(seg.points)]
+                if chunk.keep_logits and logits is not None:
+                    output.logits = logits[seg.first_need + len(seg.points) - 1]
+                if chunk.sample is not None:
+                    output.sampled, output.sampled_probability = r.tokens[0], r.sampled_probability
+                    generated += 1
+                else:
+                    consumed += fed
+                try:
+                    payload = job.absorb(output, ops)
+                except RequestFailed as exc:
+                    self._refuse(job, exc, out)
                     continue
-                generated += 1
-                out.append((job, self._generated(job, positions[i], r.tokens[0], logits[i], now)))
-        if answered:
-            self._ok["predict"].inc(answered)
+                if payload is not None:
+                    self._answer(job, payload, out, now)
+                if job.done:
+                    ops.busy.discard(r.slot)
+                    self._ok[job.kind].inc()
+                else:
+                    ops.busy.add(r.slot)
+        m = self.metrics
         if consumed:
             m.tokens_consumed.inc(consumed)
         if generated:
             m.tokens_generated.inc(generated)
+        m.batch_size.observe(len(rows))
+        m.batch_tokens.observe(sum(counts))
+        m.batch_seconds.observe(time.perf_counter() - started)
 
-    def _generated(self, job: GenerateJob, position: int, token: int, logits: Tensor, now: float) -> GenerateEvent:
-        job.logits = logits
-        job.generated += 1
-        event = GenerateEvent(
-            token=token,
-            probability=job.sampled_probability,
-            position=position,
-            created=job.created and job.generated == 1,
-        )
-        if job.stop:
-            longest = max(len(s) for s in job.stop)
-            job.tail = (job.tail + self.vocab_chars[token])[-longest:]
-            matched = next((s for s in job.stop if job.tail.endswith(s)), "")
-            if matched:
-                event.finish, event.stop = "stop", matched
-        if not event.finish and job.generated >= job.max_tokens:
-            event.finish = "max_tokens"
-        self._latency["generate"].observe(now - (job.last_emit or job.received))
-        job.last_emit = now
-        if event.finish:
-            if job.end:
-                self.pool.release(job.session_id, "end")
-            job.done = True
-            self._ok["generate"].inc()
-        return event
-
-    def _topk(self, logits: list[Tensor], ks: list[int]) -> list[list[TopK]]:
-        """Per row: a list (one per step; one step unless all_steps) of the k best tokens."""
-        flat = torch.cat([x.reshape(-1, x.shape[-1]) for x in logits])  # (N, V)
+    def _topk(self, rows: list[_Row], logits: Tensor) -> list[TopK]:
+        """Top-k of every needed logits row (k of its job; rows of jobs without top-k are skipped)."""
+        ks: list[int] = []
+        for r in rows:
+            for seg in r.segments:
+                ks.extend([seg.chunk.top_k] * len(seg.points))
         k_max = max(ks)
-        logp, indices = torch.log_softmax(flat, dim=-1).topk(k_max, dim=-1)  # (N, k)
+        if k_max == 0:
+            return []
+        logp, indices = torch.log_softmax(logits, dim=-1).topk(k_max, dim=-1)  # (N, k)
         ids, probs, logps = indices.tolist(), logp.exp().tolist(), logp.tolist()
-        out: list[list[TopK]] = []
-        start = 0
-        for x, k in zip(logits, ks, strict=True):
-            if x.dim() == 1 and k == k_max:  # the common case, kept free of per-row comprehensions
-                out.append([(ids[start], probs[start], logps[start])])
-                start += 1
-                continue
-            end = start + (1 if x.dim() == 1 else x.shape[0])
-            out.append([(ids[r][:k], probs[r][:k], logps[r][:k]) for r in range(start, end)])
-            start = end
-        return out
+        if all(k == k_max for k in ks):  # the common case, kept free of per-row slicing
+            return list(zip(ids, probs, logps, strict=True))
+        return [(i[:k], p[:k], lp[:k]) for i, p, lp, k in zip(ids, probs, logps, ks, strict=True)]
+
+    def discard(self, session_ids: list[str]) -> None:
+        """Drop sessions whose state a failed batch may have left half-updated: better lost than wrong."""
+        for sid in session_ids:
+            slot = self.pool.slot(sid)
+            if slot is not None:
+                self.ops.busy.discard(slot)
+                self.pool.release(sid, "error")
 
     # -- warm-up --------------------------------------------------------------------------------------
     def warm_up(self) -> None:
@@ -320,5 +321,11 @@ class Engine:
             self.model.features(torch.zeros(1, 8, dtype=torch.long), state)
 
 
-def _kind(job: Job) -> str:
-    return "generate" if isinstance(job, GenerateJob) else "predict" if isinstance(job, PredictJob) else "session"
+def _points(chunk: Chunk, begin: int, end: int) -> range:
+    """Row-relative indices of the logits a chunk needs: after each of its tokens (every_step), or
+    after its last one (answer) — which, for a chunk that feeds nothing, is the state before it."""
+    if chunk.every_step:
+        return range(begin, end)
+    if chunk.answer or chunk.keep_logits:
+        return range(end - 1, end)
+    return range(0)

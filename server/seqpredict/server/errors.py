@@ -13,6 +13,7 @@ class Code(enum.IntEnum):
     INVALID_ARGUMENT = 3
     DEADLINE_EXCEEDED = 4
     NOT_FOUND = 5
+    ALREADY_EXISTS = 6
     RESOURCE_EXHAUSTED = 8
     FAILED_PRECONDITION = 9
     INTERNAL = 13
@@ -23,16 +24,24 @@ class Code(enum.IntEnum):
 class RequestFailed(Exception):
     """A request that cannot be served.
 
-    `position` is the session's actual position when known (FAILED_PRECONDITION); `limit`
-    names the configured limit that refused it, for `seqpredict_rejected_total{limit}`.
+    `position` and `incarnation` are the session's actual ones when known (FAILED_PRECONDITION);
+    `limit` names the configured limit that refused it, for `seqpredict_rejected_total{limit}`.
     """
 
-    def __init__(self, code: Code, message: str, position: int | None = None, limit: str | None = None) -> None:
+    def __init__(
+        self,
+        code: Code,
+        message: str,
+        position: int | None = None,
+        limit: str | None = None,
+        incarnation: int | None = None,
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.position = position
         self.limit = limit
+        self.incarnation = incarnation
 
 
 # The names go-grpc-prometheus puts in `grpc_code`, so dashboards built for it work here too.

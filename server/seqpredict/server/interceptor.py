@@ -11,6 +11,7 @@ All of it in a single layer, because every layer costs on every streamed message
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -76,18 +77,21 @@ class _Refused(Exception):
 
 
 class _Accounted:
-    """One call from start to end: started/handled/seconds, its admission slot, and a bug turned
-    into INTERNAL with the traceback logged (never grpc's opaque UNKNOWN)."""
+    """One call from start to end: started/handled/seconds, its admission slot (health calls take
+    none), and a bug turned into INTERNAL with the traceback logged (never grpc's opaque UNKNOWN)."""
 
-    __slots__ = ("_admission", "_context", "_handler", "_series", "_started")
+    __slots__ = ("_admission", "_context", "_counted", "_handler", "_series", "_started")
 
-    def __init__(self, series: _RpcSeries, admission: Admission, context: aio.ServicerContext, handler: Any) -> None:
+    def __init__(
+        self, series: _RpcSeries, admission: Admission, context: aio.ServicerContext, handler: Any, counted: bool
+    ) -> None:
         self._series, self._admission, self._context, self._handler = series, admission, context, handler
+        self._counted = counted
 
     async def __aenter__(self) -> None:
         self._started = time.perf_counter()
         self._series.started.inc()
-        self._admission.active += 1
+        self._admission.active += self._counted
 
     async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
         # CancelledError / GeneratorExit: grpc ended the call (cancel, deadline); AbortError: a status was set.
@@ -98,8 +102,25 @@ class _Accounted:
                 log.error("unexpected error in %s", self._handler, exc_info=(kind, exc, tb))
                 await self._context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}")
         finally:
-            self._admission.active -= 1
+            self._admission.active -= self._counted
             self._series.handled(_final_code(self._context, exc), self._started)
+
+
+class _CountingContext:
+    """The call's context, counting what a handler that writes (rather than yields) sends —
+    grpc's own health Watch does."""
+
+    __slots__ = ("_context", "_sent")
+
+    def __init__(self, context: aio.ServicerContext, sent: Any) -> None:
+        self._context, self._sent = context, sent
+
+    async def write(self, message: Any) -> None:
+        await self._context.write(message)
+        self._sent.inc()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
 
 
 class RpcGuard(aio.ServerInterceptor):
@@ -124,13 +145,14 @@ class RpcGuard(aio.ServerInterceptor):
         refusal = self._admission.refusal(details)
         if refusal is not None:
             self._metrics.rejected.labels(refusal[2]).inc()
-        return self._guarded(handler, series, refusal)
+        return self._guarded(handler, series, refusal, self._admission.counted(details))
 
     def _guarded(
         self,
         handler: grpc.RpcMethodHandler,
         series: _RpcSeries,
         refusal: tuple[grpc.StatusCode, str, str] | None,
+        takes_slot: bool,
     ) -> grpc.RpcMethodHandler:
         inner, admission, metrics = inner_behavior(handler), self._admission, self._metrics
 
@@ -160,18 +182,24 @@ class RpcGuard(aio.ServerInterceptor):
                 raise refused(request)
             return request
 
-        if handler.response_streaming:
+        if handler.response_streaming and inspect.isasyncgenfunction(inner):
 
             async def behavior(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
-                async with _Accounted(series, admission, context, handler):
+                async with _Accounted(series, admission, context, handler, takes_slot):
                     async for response in inner(await admit(request, context), context):
                         series.sent.inc()
                         yield response
 
+        elif handler.response_streaming:  # a coroutine that sends with context.write (grpc's health Watch)
+
+            async def behavior(request: Any, context: aio.ServicerContext) -> None:  # type: ignore[misc]
+                async with _Accounted(series, admission, context, handler, takes_slot):
+                    await inner(await admit(request, context), _CountingContext(context, series.sent))
+
         else:
 
             async def behavior(request: Any, context: aio.ServicerContext) -> Any:  # type: ignore[misc]
-                async with _Accounted(series, admission, context, handler):
+                async with _Accounted(series, admission, context, handler, takes_slot):
                     response = await inner(await admit(request, context), context)
                     series.sent.inc()
                     return response

@@ -18,8 +18,9 @@ LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 RPC_LABELS = ("grpc_service", "grpc_method", "grpc_type")
 
-# Reasons a session ends; a closed set so dashboards and alerts can rely on it.
-END_REASONS = ("end", "ttl", "capacity", "shutdown")
+# Reasons a session ends; a closed set so dashboards and alerts can rely on it. "error": dropped
+# because a failed engine batch may have left its state half-updated.
+END_REASONS = ("end", "ttl", "capacity", "shutdown", "error")
 
 
 class Metrics:
@@ -94,7 +95,7 @@ class Metrics:
         self.sessions_created = Counter("seqpredict_sessions_created", "Sessions created.", registry=r)
         self.sessions_ended = Counter(
             "seqpredict_sessions_ended",
-            "Sessions released, by reason (end, ttl, capacity, shutdown).",
+            "Sessions released, by reason (end, ttl, capacity, shutdown, error).",
             ("reason",),
             registry=r,
         )
@@ -103,6 +104,16 @@ class Metrics:
         self.pool_bytes = Gauge("seqpredict_state_pool_bytes", "Bytes allocated for recurrent state.", registry=r)
         self.pool_slots = Gauge("seqpredict_state_pool_slots", "Session slots allocated in the state pool.", registry=r)
         self.streams_active = Gauge("seqpredict_streams_active", "Open Predict/Generate streams.", registry=r)
+        self.stream_pauses = Counter(
+            "seqpredict_stream_pauses",
+            "Times a Predict stream's window filled and the server stopped reading it (flow control).",
+            registry=r,
+        )
+        self.streams_paused = Gauge(
+            "seqpredict_streams_paused",
+            "Predict streams whose window is full: not read until their client reads answers.",
+            registry=r,
+        )
 
         # Snapshots.
         self.snapshot_seconds = Histogram(
@@ -118,7 +129,12 @@ class Metrics:
 
         self.model = Info("seqpredict_model", "The loaded model.", registry=r)
         self.ready = Gauge(
-            "seqpredict_ready", "1 when the server is SERVING, 0 while starting or draining.", registry=r
+            "seqpredict_ready", "1 when the server is SERVING, 0 while starting, draining or unhealthy.", registry=r
+        )
+        self.engine_heartbeat_age = Gauge(
+            "seqpredict_engine_heartbeat_age_seconds",
+            "Seconds since the inference thread last showed it was alive (a batch, or its idle tick).",
+            registry=r,
         )
 
     def count_failure(self, kind: str, error: RequestFailed) -> None:

@@ -33,7 +33,11 @@ def sample(
     kept = sorted_p * keep
     cdf = kept.cumsum(-1)  # (G, V)
     target = torch.tensor(uniform, dtype=logits.dtype).unsqueeze(1) * cdf[:, -1:]
-    index = torch.searchsorted(cdf, target, right=True).clamp_max(V - 1)  # (G, 1)
+    # The kept tokens are a prefix of the sorted order. A draw just below 1 can round to the
+    # total in float32, and then nothing in the cdf exceeds it: clamp to the last kept token,
+    # never past it (that would pick the least probable token, outside top_k / top_p).
+    last_kept = keep.sum(-1, keepdim=True) - 1  # (G, 1)
+    index = torch.minimum(torch.searchsorted(cdf, target, right=True), last_kept)  # (G, 1)
     tokens = order.gather(1, index).squeeze(1)
     tokens = torch.where(greedy, logits.argmax(-1), tokens)
     chosen = probs.gather(1, tokens.unsqueeze(1)).squeeze(1)

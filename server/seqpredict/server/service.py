@@ -19,12 +19,22 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from grpc import aio
 
 from seqpredict.models import Checkpoint
+from seqpredict.server.answer_size import AnswerSizer, receive_limit
 from seqpredict.server.errors import Code, RequestFailed
-from seqpredict.server.jobs import GenerateEvent, GenerateJob, PredictJob, PredictResult, SessionJob, TopK
+from seqpredict.server.jobs import (
+    EndSessionJob,
+    FutureJob,
+    GenerateEvent,
+    GenerateJob,
+    GetSessionJob,
+    PredictJob,
+    PredictResult,
+    TopK,
+)
 from seqpredict.server.metrics import Metrics
 from seqpredict.server.scheduler import Scheduler
 from seqpredict.server.sessions import SessionRecord
-from seqpredict.server.streams import DRAINED, END_OF_STREAM, OrderedAnswers, Unit
+from seqpredict.server.streams import DRAINED, END_OF_STREAM, OrderedAnswers, Unit, Window
 from seqpredict.server.validation import DEFAULT_TOP_K, Validator
 from seqpredict.v1 import seqpredict_pb2 as pb
 from seqpredict.v1 import seqpredict_pb2_grpc as pb_grpc
@@ -33,13 +43,24 @@ log = logging.getLogger(__name__)
 
 GRPC_CODES = {c.value[0]: c for c in grpc.StatusCode}
 POSITION_METADATA = "seqpredict-position"
+INCARNATION_METADATA = "seqpredict-incarnation"
 _FINISH = {"max_tokens": pb.FINISH_REASON_MAX_TOKENS, "stop": pb.FINISH_REASON_STOP}
+# A message and the bound of its answer's bytes.
+Submitted = tuple[list[tuple[pb.PredictRequest, "PredictJob | PredictResult"]], int]
 
 
 async def abort(context: aio.ServicerContext, error: RequestFailed) -> None:
-    """End the call with the error's status; FAILED_PRECONDITION carries the position as metadata."""
-    trailing = () if error.position is None else ((POSITION_METADATA, str(error.position)),)
+    """End the call with the error's status; FAILED_PRECONDITION carries position and incarnation as metadata."""
+    trailing: tuple[tuple[str, str], ...] = ()
+    if error.position is not None:
+        trailing += ((POSITION_METADATA, str(error.position)),)
+    if error.incarnation is not None:
+        trailing += ((INCARNATION_METADATA, str(error.incarnation)),)
     await context.abort(GRPC_CODES[int(error.code)], error.message, trailing_metadata=trailing)
+
+
+def _optional(message: object, name: str) -> int | None:
+    return getattr(message, name) if message.HasField(name) else None  # type: ignore[attr-defined]
 
 
 class SequencePredictorService(pb_grpc.SequencePredictorServicer):
@@ -50,11 +71,16 @@ class SequencePredictorService(pb_grpc.SequencePredictorServicer):
         checkpoint: Checkpoint,
         model_info: pb.ModelInfo,
         metrics: Metrics,
+        window: Window,
+        max_answer_bytes: int,
     ) -> None:
         self.scheduler = scheduler
         self.validator = validator
         self.metrics = metrics
         self.model_info = model_info
+        self.window = window
+        self.max_answer_bytes = max_answer_bytes
+        self.sizer = AnswerSizer.of(checkpoint.vocab)
         # id → text, resolved once: building a TokenProbability must not touch the vocabulary object.
         self._texts = checkpoint.vocab.chars
         self.draining = False
@@ -68,31 +94,55 @@ class SequencePredictorService(pb_grpc.SequencePredictorServicer):
 
     # -- Predict -------------------------------------------------------------------------------------
     async def Predict(self, request_iterator: AsyncIterator[pb.PredictRequest], context: aio.ServicerContext):
-        async for unit in self._answer_in_order(request_iterator, context, lambda req: [self._submit(req)]):
+        limit = receive_limit(context.invocation_metadata(), self.max_answer_bytes)
+
+        def submit(req: pb.PredictRequest) -> Submitted:
+            prepared, bound = self._prepare(req)
+            if bound > limit:
+                prepared = self._too_large(bound, limit)
+            return [(req, self._submit(prepared))], bound
+
+        async for unit in self._answer_in_order(request_iterator, context, submit):
             req, result = unit.results()[0]
             yield self._response(req, result)
 
     async def PredictMany(self, request_iterator: AsyncIterator[pb.PredictManyRequest], context: aio.ServicerContext):
-        def submit_all(message: pb.PredictManyRequest) -> list[tuple[pb.PredictRequest, Any]]:
-            return [self._submit(req) for req in message.requests]
+        limit = receive_limit(context.invocation_metadata(), self.max_answer_bytes)
 
-        async for unit in self._answer_in_order(request_iterator, context, submit_all):
+        def submit(message: pb.PredictManyRequest) -> Submitted:
+            prepared = [self._prepare(req) for req in message.requests]
+            bound = sum(self.sizer.in_message(b) for _, b in prepared)
+            if bound > limit:  # all or nothing: no request of a message whose answer cannot be sent runs
+                refusal = self._too_large(bound, limit, "this message's answer")
+                return [(req, self._submit(refusal)) for req in message.requests], bound
+            return [(req, self._submit(p)) for req, (p, _) in zip(message.requests, prepared, strict=True)], bound
+
+        async for unit in self._answer_in_order(request_iterator, context, submit):
             yield pb.PredictManyResponse(responses=[self._response(req, result) for req, result in unit.results()])
 
     async def _answer_in_order(
         self,
         request_iterator: AsyncIterator[Any],
         context: aio.ServicerContext,
-        submit: Callable[[Any], list[tuple[pb.PredictRequest, Any]]],
+        submit: Callable[[Any], Submitted],
     ) -> AsyncIterator[Unit]:
-        """Read requests in a task of their own (so many can be in flight); yield answers in order."""
-        answers = OrderedAnswers()
+        """Read requests in a task of their own (so many can be in flight, up to the window);
+        yield answers in order."""
+        answers = OrderedAnswers(self.window)
         failure: list[Exception] = []
+        metrics = self.metrics
 
         async def read() -> None:
             try:
                 async for message in request_iterator:
-                    answers.add(submit(message))
+                    answers.add(*submit(message))
+                    if answers.full:  # stop reading: HTTP/2 flow control holds the client back
+                        metrics.stream_pauses.inc()
+                        metrics.streams_paused.inc()
+                        try:
+                            await answers.wait_for_room()
+                        finally:
+                            metrics.streams_paused.dec()
             except Exception as exc:  # a broken stream ends the call; the writer re-raises it
                 failure.append(exc)
             answers.mark(END_OF_STREAM)
@@ -111,39 +161,60 @@ class SequencePredictorService(pb_grpc.SequencePredictorServicer):
                     # Everything received before the drain was answered above; nothing after it was applied.
                     await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is draining; reconnect to continue")
                 yield unit
+                answers.sent(unit)
         finally:
             self.metrics.streams_active.dec()
             self._streams.discard(answers)
             reader.cancel()
             answers.abandon()
 
-    def _submit(self, req: pb.PredictRequest) -> tuple[pb.PredictRequest, PredictJob | PredictResult]:
-        received = time.perf_counter()
+    def _prepare(self, req: pb.PredictRequest) -> tuple[PredictJob | RequestFailed, int]:
+        """The validated job (or why it is refused) and the bound of its answer's bytes."""
         v = self.validator
         try:
             if self.draining:
                 raise RequestFailed(Code.UNAVAILABLE, "the server is draining; not applied")
             job = PredictJob(
                 v.session_id(req.session_id),
-                received,
+                time.perf_counter(),
                 tokens=v.tokens(req.tokens, req.text),
-                top_k=v.top_k(req.top_k if req.HasField("top_k") else None, DEFAULT_TOP_K),
+                top_k=v.top_k(_optional(req, "top_k"), DEFAULT_TOP_K),
                 all_steps=req.all_steps,
                 reset=req.reset,
                 end=req.end,
-                expected_position=req.expected_position if req.HasField("expected_position") else None,
+                expected_position=_optional(req, "expected_position"),
+                expected_incarnation=_optional(req, "expected_incarnation"),
             )
-            self.scheduler.submit(job)
-            return req, job
+        except RequestFailed as exc:
+            return exc, self.sizer.predict(req.session_id, 0, 0, False)
+        return job, self.sizer.predict(req.session_id, len(job.tokens), job.top_k, job.all_steps)
+
+    def _too_large(self, bound: int, limit: int, what: str = "this request's answer") -> RequestFailed:
+        return RequestFailed(
+            Code.RESOURCE_EXHAUSTED,
+            f"{what} could be {bound} bytes, over the {limit}-byte limit of what this client can receive"
+            f" (gRPC's default unless declared in seqpredict-max-receive-bytes metadata, at most the server's"
+            f" max_answer_bytes {self.max_answer_bytes}); nothing was applied: ask for fewer steps, a smaller"
+            " top_k, or split the message",
+            limit="answer_size",
+        )
+
+    def _submit(self, prepared: PredictJob | RequestFailed) -> PredictJob | PredictResult:
+        try:
+            if isinstance(prepared, RequestFailed):
+                raise prepared
+            self.scheduler.submit(prepared)
+            return prepared
         except RequestFailed as exc:
             self.metrics.count_failure("predict", exc)
-            return req, PredictResult(position=0, error=exc)
+            return PredictResult(position=0, error=exc)
 
     def _response(self, req: pb.PredictRequest, result: PredictResult) -> pb.PredictResponse:
         response = pb.PredictResponse(
             session_id=req.session_id,
             request_id=req.request_id,
             position=result.position,
+            incarnation=result.incarnation,
             created=result.created,
             ended=result.ended,
             next=self._top(result.next),
@@ -170,14 +241,16 @@ class SequencePredictorService(pb_grpc.SequencePredictorServicer):
                 time.perf_counter(),
                 prompt=v.tokens(request.prompt_tokens, request.prompt_text, "prompt"),
                 max_tokens=v.max_tokens(request.max_tokens),
-                temperature=v.temperature(request.temperature if request.HasField("temperature") else None),
-                top_k=v.top_k(request.top_k if request.HasField("top_k") else None, None),
-                top_p=v.top_p(request.top_p if request.HasField("top_p") else None),
-                rng=random.Random(request.seed if request.HasField("seed") else None),
+                temperature=v.temperature(_optional(request, "temperature")),
+                top_k=v.top_k(_optional(request, "top_k"), None),
+                top_p=v.top_p(_optional(request, "top_p")),
+                rng=random.Random(_optional(request, "seed")),
                 stop=v.stop(request.stop),
                 reset=request.reset,
                 end=request.end,
-                expected_position=request.expected_position if request.HasField("expected_position") else None,
+                expected_position=_optional(request, "expected_position"),
+                expected_incarnation=_optional(request, "expected_incarnation"),
+                vocab=self._texts,
                 sink=asyncio.Queue(),
             )
             self.scheduler.submit(job)
@@ -195,6 +268,7 @@ class SequencePredictorService(pb_grpc.SequencePredictorServicer):
                     token=event.token,
                     text=self._texts[event.token],
                     position=event.position,
+                    incarnation=event.incarnation,
                     created=event.created,
                     finish_reason=_FINISH.get(event.finish, pb.FINISH_REASON_UNSPECIFIED),
                     stop=event.stop,
@@ -208,28 +282,27 @@ class SequencePredictorService(pb_grpc.SequencePredictorServicer):
 
     # -- sessions and model --------------------------------------------------------------------------
     async def GetSession(self, request: pb.GetSessionRequest, context: aio.ServicerContext) -> pb.SessionInfo:
-        record = await self._session_op(request.session_id, end=False, context=context)
+        record = await self._session_op(GetSessionJob, request.session_id, context)
         assert isinstance(record, SessionRecord)
-        return pb.SessionInfo(
-            session_id=record.session_id,
-            position=record.position,
-            created_at=_timestamp(record.created_at),
-            last_used_at=_timestamp(record.last_used_at),
-            expires_at=_timestamp(record.expires_at),
-        )
+        return session_info(record)
 
     async def EndSession(self, request: pb.EndSessionRequest, context: aio.ServicerContext) -> pb.EndSessionResponse:
-        position = await self._session_op(request.session_id, end=True, context=context)
-        assert isinstance(position, int)
-        return pb.EndSessionResponse(session_id=request.session_id, position=position)
+        record = await self._session_op(EndSessionJob, request.session_id, context)
+        assert isinstance(record, SessionRecord)
+        return pb.EndSessionResponse(
+            session_id=request.session_id, position=record.position, incarnation=record.incarnation
+        )
 
-    async def _session_op(self, session_id: str, end: bool, context: aio.ServicerContext) -> object:
+    async def _session_op(
+        self, kind: type[FutureJob], session_id: str, context: aio.ServicerContext, **fields: Any
+    ) -> object:
+        """Queue a bookkeeping job behind the session's other work and wait for its answer."""
         try:
-            job = SessionJob(
+            job = kind(
                 self.validator.session_id(session_id),
                 time.perf_counter(),
-                end=end,
                 future=asyncio.get_running_loop().create_future(),
+                **fields,
             )
             self.scheduler.submit(job)
             result = await job.future  # type: ignore[misc]
@@ -261,6 +334,17 @@ def build_model_info(checkpoint: Checkpoint, limits: pb.ServerLimits, state_byte
         training_record_json=json.dumps(checkpoint.training, sort_keys=True),
         state_bytes_per_session=state_bytes,
         limits=limits,
+    )
+
+
+def session_info(record: SessionRecord) -> pb.SessionInfo:
+    return pb.SessionInfo(
+        session_id=record.session_id,
+        position=record.position,
+        incarnation=record.incarnation,
+        created_at=_timestamp(record.created_at),
+        last_used_at=_timestamp(record.last_used_at),
+        expires_at=_timestamp(record.expires_at),
     )
 
 

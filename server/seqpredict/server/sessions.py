@@ -1,9 +1,14 @@
 """The state pool: every session's recurrent state in preallocated tensors, indexed by slot.
 
 A batch is one gather (`index_select` on the batch dimension) and one scatter
-(`index_copy_`). An idle session costs its state bytes, 24 bytes of bookkeeping arrays
+(`index_copy_`). An idle session costs its state bytes, 32 bytes of bookkeeping arrays
 and one ordered-dict entry; nothing else is allocated per session. The pool is touched
 only by the inference thread, so it holds no locks.
+
+Every session has an *incarnation*: a random non-zero 64-bit value chosen when it is
+created and chosen again when it is reset. Position alone is not a version — after a
+reset, an end and re-creation, or an eviction, a session can reach the same position with
+different content — so clients that must not continue on the wrong state check both.
 
 Layout: one tensor per state name ("h", "c"), each (num_layers, capacity, hidden) — the
 nn.LSTM layout with the batch dimension standing for slots. Storage may be bf16/fp16 to
@@ -13,6 +18,8 @@ halve idle memory; gathers always return float32.
 from __future__ import annotations
 
 import logging
+import os
+import random
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -29,10 +36,14 @@ log = logging.getLogger(__name__)
 State = tuple[Tensor, ...]
 
 
+NO_INCARNATION = 0  # what a session that does not exist has
+
+
 @dataclass(frozen=True)
 class SessionRecord:
     session_id: str
     position: int
+    incarnation: int
     created_at: float  # unix seconds
     last_used_at: float
     expires_at: float
@@ -65,12 +76,15 @@ class SessionPool:
         self._capacity = 0
         self._states: list[Tensor] = []
         self._position = np.zeros(0, dtype=np.int64)
+        self._incarnation = np.zeros(0, dtype=np.uint64)
         self._created = np.zeros(0, dtype=np.float64)
         self._last_used = np.zeros(0, dtype=np.float64)
         self._free: list[int] = []
         self._high_water = 0
         # session id → slot, least recently used first: eviction and expiry pop from the front.
         self._lru: OrderedDict[str, int] = OrderedDict()
+        # Incarnations need to be unpredictable across restarts, not secret: a seeded PRNG is enough.
+        self._random = random.Random(int.from_bytes(os.urandom(16), "little"))
         self._grow(min(initial_capacity, max_sessions))
 
     # -- size -------------------------------------------------------------------------------
@@ -102,7 +116,7 @@ class SessionPool:
         for new, old in zip(new_states, self._states, strict=False):
             new[:, :used] = old[:, :used]
         self._states = new_states
-        for name in ("_position", "_created", "_last_used"):
+        for name in ("_position", "_incarnation", "_created", "_last_used"):
             old = getattr(self, name)
             arr = np.zeros(capacity, dtype=old.dtype)
             arr[:used] = old[:used]
@@ -116,11 +130,20 @@ class SessionPool:
     def position(self, slot: int) -> int:
         return int(self._position[slot])
 
-    def acquire(self, session_id: str, pinned: set[int] | frozenset[int] = frozenset()) -> tuple[int, bool]:
-        """The session's slot, creating it (zero state, position 0) if needed → (slot, created).
+    def incarnation(self, slot: int) -> int:
+        return int(self._incarnation[slot])
+
+    def new_incarnation(self) -> int:
+        return self._random.getrandbits(64) or 1
+
+    def acquire(
+        self, session_id: str, pinned: set[int] | frozenset[int] = frozenset(), now: float | None = None
+    ) -> tuple[int, bool]:
+        """The session's slot, creating it (zero state, position 0, a new incarnation) if needed → (slot, created).
 
         At the session limit the least recently used session not in `pinned` (the batch being
-        formed) is evicted, or — with eviction off — RESOURCE_EXHAUSTED is raised.
+        formed, sessions in the middle of a request) is evicted, or — with eviction off —
+        RESOURCE_EXHAUSTED is raised.
         """
         slot = self._lru.get(session_id)
         if slot is not None:
@@ -141,8 +164,9 @@ class SessionPool:
         slot = self._take_slot()
         for t in self._states:
             t[:, slot].zero_()
-        now = self.clock()
+        now = self.clock() if now is None else now
         self._position[slot] = 0
+        self._incarnation[slot] = self.new_incarnation()
         self._created[slot] = now
         self._last_used[slot] = now
         self._lru[session_id] = slot
@@ -166,9 +190,11 @@ class SessionPool:
         return int(self._position[slot])
 
     def reset(self, slot: int) -> None:
+        """Back to the zero state at position 0, as a new incarnation: the old history is gone."""
         for t in self._states:
             t[:, slot].zero_()
         self._position[slot] = 0
+        self._incarnation[slot] = self.new_incarnation()
 
     def touch(self, session_id: str, slot: int, now: float) -> None:
         self._last_used[slot] = now
@@ -180,22 +206,30 @@ class SessionPool:
         return self._position[slots].tolist()
 
     def record(self, session_id: str) -> SessionRecord | None:
+        """The session's bookkeeping, read without touching it: inspection keeps nothing alive."""
         slot = self._lru.get(session_id)
         if slot is None:
             return None
         last = float(self._last_used[slot])
         return SessionRecord(
-            session_id, int(self._position[slot]), float(self._created[slot]), last, last + self.idle_ttl
+            session_id,
+            int(self._position[slot]),
+            int(self._incarnation[slot]),
+            float(self._created[slot]),
+            last,
+            last + self.idle_ttl,
         )
 
-    def expire_idle(self, now: float | None = None) -> int:
-        """Release every session idle for longer than the TTL; oldest first, so this is O(expired)."""
+    def expire_idle(self, now: float | None = None, protected: set[int] | frozenset[int] = frozenset()) -> int:
+        """Release every session idle for longer than the TTL, except `protected` slots (in the
+        middle of a request); oldest first, so this is O(expired)."""
         deadline = (self.clock() if now is None else now) - self.idle_ttl
         expired = []
         for sid, slot in self._lru.items():
             if self._last_used[slot] > deadline:
                 break
-            expired.append(sid)
+            if slot not in protected:
+                expired.append(sid)
         for sid in expired:
             self.release(sid, "ttl")
         return len(expired)
@@ -219,9 +253,14 @@ class SessionPool:
         """(session id, slot), least recently used first."""
         return iter(list(self._lru.items()))
 
-    def bookkeeping_arrays(self, slots: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Copies of (positions, created_at, last_used_at) for `slots`."""
-        return self._position[slots].copy(), self._created[slots].copy(), self._last_used[slots].copy()
+    def bookkeeping_arrays(self, slots: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Copies of (positions, incarnations, created_at, last_used_at) for `slots`."""
+        return (
+            self._position[slots].copy(),
+            self._incarnation[slots].copy(),
+            self._created[slots].copy(),
+            self._last_used[slots].copy(),
+        )
 
     def export_states(self, slots: Tensor) -> list[Tensor]:
         """Copies of the state of `slots`, in storage dtype: each (num_layers, N, hidden)."""
@@ -232,6 +271,7 @@ class SessionPool:
         session_ids: list[str],
         states: list[Tensor],
         positions: np.ndarray,
+        incarnations: np.ndarray,
         created_at: np.ndarray,
         last_used_at: np.ndarray,
     ) -> None:
@@ -243,6 +283,7 @@ class SessionPool:
         for t, s in zip(self._states, states, strict=True):
             t[:, :n] = s.to(self.dtype)
         self._position[:n] = positions
+        self._incarnation[:n] = incarnations
         self._created[:n] = created_at
         self._last_used[:n] = last_used_at
         self._high_water = n

@@ -1,0 +1,125 @@
+"""What every job is to the scheduler and the engine, and what the engine hands back.
+
+A job is created on the event loop, queued per session by the scheduler, advanced by the
+engine on the inference thread (a long prefill or a generation takes several batches), and
+answered on the event loop through `deliver`. Each kind says what it needs from a batch and
+what it does with the result, so the scheduler and the engine never ask which kind a job is:
+
+    tokens_wanted()     tokens the next batch would feed (0: bookkeeping, or predict from the state)
+    can_follow/lead()   may share one chunk with the session's job before / after it (pipelining)
+    start(ops, pending) first batch: checks and bookkeeping on the session; a payload ends the job
+    chunk(allotted)     what to feed in this batch and what to compute after it (None: finished)
+    absorb(out, ops)    what the computed values mean for it: a payload to deliver, or None for now
+    complete / fail     on the event loop: hand a payload or an error to whoever waits
+
+Plain Python types only across the boundary: no protobuf; torch only as opaque logits rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from seqpredict.server.errors import RequestFailed
+
+if TYPE_CHECKING:
+    from seqpredict.server.ops import SessionOps
+
+# (token ids, probabilities, log-probabilities), most probable first: three parallel lists,
+# sliced straight out of one batched topk, so no per-entry tuples are built.
+TopK = tuple[list[int], list[float], list[float]]
+NO_TOP: TopK = ([], [], [])
+
+
+@dataclass(slots=True)
+class Sampling:
+    """Sample one token here from the logits before it; the engine samples a batch's rows together."""
+
+    temperature: float
+    top_k: int  # 0: no limit
+    top_p: float
+    uniform: float  # the job's own draw in [0, 1), so a seed reproduces whatever shares the batch
+    prior: Any = None  # the logits row (V,) before the token; None: from the session's state
+
+
+@dataclass(slots=True)
+class Chunk:
+    """What one job feeds in this batch and what the engine computes for it afterwards."""
+
+    tokens: list[int]
+    # Logits after the last token of this chunk (from the state itself when it feeds nothing).
+    answer: bool = False
+    # Logits after every token of this chunk instead (all_steps).
+    every_step: bool = False
+    # Top-k of those logits (0: none).
+    top_k: int = 0
+    # The last point's raw logits row, for a job that samples from it in a later batch.
+    keep_logits: bool = False
+    # Instead of `tokens`: one token sampled in this batch, then fed.
+    sample: Sampling | None = None
+
+
+@dataclass(slots=True)
+class StepOutput:
+    """What the engine computed for one chunk."""
+
+    position: int  # the session's position after the chunk
+    incarnation: int
+    fed: int  # tokens the chunk fed
+    top: list[TopK] | None = None  # per point (one unless every_step), when top_k > 0
+    logits: Any = None  # the last point's logits row (V,), with keep_logits
+    sampled: int = -1  # with `sample`: the token and its probability under the untempered model
+    sampled_probability: float = 0.0
+
+
+@dataclass(eq=False, slots=True)
+class Job:
+    session_id: str
+    received: float  # time.perf_counter() when the request arrived
+    cancelled: bool = False  # the caller is gone: dropped if not started, otherwise finished quietly
+    started: bool = False
+    done: bool = False
+    created: bool = False  # this job created its session
+    answered_at: float = 0.0  # when its last payload left the engine (per-token latency of a generation)
+
+    kind: ClassVar[str] = "session"  # the `kind` label of the request metrics
+
+    def tokens_wanted(self) -> int:
+        return 0
+
+    def can_follow(self) -> bool:
+        """May run in one chunk right after the session's previous job (which allowed it)."""
+        return False
+
+    def can_lead(self) -> bool:
+        """May have the session's next job run in the same chunk after it."""
+        return False
+
+    def start(self, ops: SessionOps, pending: int) -> object | None:
+        """First batch: bookkeeping on the session. A payload (or RequestFailed) ends the job here.
+
+        `pending`: tokens that earlier jobs of the same chunk feed before this one.
+        """
+        raise NotImplementedError
+
+    def chunk(self, allotted: int) -> Chunk | None:
+        """What to feed now, given at most `allotted` tokens (at least one when it wants any)."""
+        return None
+
+    def absorb(self, out: StepOutput, ops: SessionOps) -> object | None:
+        raise NotImplementedError
+
+    # -- on the event loop ----------------------------------------------------------------------------
+    def complete(self, payload: object) -> None:
+        raise NotImplementedError
+
+    def fail(self, error: RequestFailed) -> None:
+        raise NotImplementedError
+
+
+def deliver(job: Job, payload: object) -> None:
+    """Hand one result to the waiting handler; runs on the event loop thread."""
+    if isinstance(payload, RequestFailed):
+        job.fail(payload)
+    else:
+        job.complete(payload)

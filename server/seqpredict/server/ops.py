@@ -1,0 +1,111 @@
+"""The session operations a job may perform, on the inference thread, for one batch at a time.
+
+Job kinds call these instead of reaching into the pool, so the rules live in one place:
+the guard (expected position and incarnation) is checked before anything changes, a
+session in the middle of a request is never evicted or expired, and reading a session
+never touches it.
+"""
+
+from __future__ import annotations
+
+from seqpredict.server.errors import Code, RequestFailed
+from seqpredict.server.metrics import Metrics
+from seqpredict.server.sessions import NO_INCARNATION, SessionPool, SessionRecord
+
+
+class SessionOps:
+    def __init__(self, pool: SessionPool, metrics: Metrics) -> None:
+        self.pool = pool
+        self.metrics = metrics
+        # Slots of sessions whose request spans batches (a long prefill, a generation): never evicted.
+        self.busy: set[int] = set()
+        # Slots used by the batch being run: not evicted to make room for another of its sessions.
+        self.pinned: set[int] = set()
+        self.now = 0.0
+
+    def begin_batch(self, now: float) -> None:
+        self.pinned = set(self.busy)
+        self.now = now
+
+    def open(
+        self,
+        session_id: str,
+        expected_position: int | None,
+        expected_incarnation: int | None,
+        reset: bool,
+        pending: int = 0,
+    ) -> tuple[int, bool]:
+        """The session's slot for a request that feeds it → (slot, created).
+
+        Checks the guard first (`pending`: tokens that earlier requests of the same run will
+        have fed by then), then creates the session if needed, or resets it when asked.
+        """
+        pool = self.pool
+        slot = pool.slot(session_id)
+        if expected_position is not None or expected_incarnation is not None:
+            if slot is None:
+                actual, incarnation = 0, NO_INCARNATION
+            else:
+                actual, incarnation = pool.position(slot) + pending, pool.incarnation(slot)
+            if (expected_position is not None and actual != expected_position) or (
+                expected_incarnation is not None and incarnation != expected_incarnation
+            ):
+                raise mismatch(session_id, actual, incarnation, expected_position, expected_incarnation)
+        if slot is not None:
+            pool.touch(session_id, slot, self.now)
+        slot, created = pool.acquire(session_id, self.pinned, self.now)
+        self.pinned.add(slot)
+        if created:
+            self.metrics.sessions_created.inc()
+        elif reset:
+            pool.reset(slot)
+        return slot, created
+
+    def slot_of_started(self, session_id: str) -> int:
+        """The slot of a session whose request began in an earlier batch."""
+        slot = self.pool.slot(session_id)
+        if slot is None:  # cannot happen while it is busy; kept as a clear error rather than a KeyError
+            raise RequestFailed(Code.INTERNAL, f"session {session_id!r} disappeared mid-request")
+        self.pool.touch(session_id, slot, self.now)
+        self.pinned.add(slot)
+        return slot
+
+    def record(self, session_id: str) -> SessionRecord:
+        """Bookkeeping of an existing session, without touching it; NOT_FOUND otherwise."""
+        record = self.pool.record(session_id)
+        if record is None:
+            raise not_found(session_id)
+        return record
+
+    def end(self, session_id: str, reason: str = "end") -> SessionRecord:
+        """Release the session; its last bookkeeping, or NOT_FOUND."""
+        record = self.record(session_id)
+        slot = self.pool.slot(session_id)
+        self.busy.discard(slot)  # type: ignore[arg-type]
+        self.pool.release(session_id, reason)
+        return record
+
+
+def not_found(session_id: str) -> RequestFailed:
+    return RequestFailed(Code.NOT_FOUND, f"session {session_id!r} does not exist")
+
+
+def mismatch(
+    session_id: str,
+    actual: int,
+    incarnation: int,
+    expected_position: int | None,
+    expected_incarnation: int | None,
+) -> RequestFailed:
+    wanted = []
+    if expected_position is not None:
+        wanted.append(f"position {expected_position}")
+    if expected_incarnation is not None:
+        wanted.append(f"incarnation {expected_incarnation}")
+    state = "does not exist" if incarnation == NO_INCARNATION else f"is at position {actual}, incarnation {incarnation}"
+    return RequestFailed(
+        Code.FAILED_PRECONDITION,
+        f"session {session_id!r} {state}, not the expected {' and '.join(wanted)}; nothing was computed",
+        actual,
+        incarnation=incarnation,
+    )
