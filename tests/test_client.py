@@ -20,7 +20,13 @@ from seqpredict.client import (
     Session,
     Unavailable,
 )
-from seqpredict.client.channel import RETRYABLE_METHODS, ChannelConfig, channel_options, service_config
+from seqpredict.client.channel import (
+    MAX_MESSAGE_BYTES,
+    RETRYABLE_METHODS,
+    ChannelConfig,
+    channel_options,
+    service_config,
+)
 from seqpredict.client.errors import from_request_error
 
 PROMPT = "ROMEO:\nWhat light"
@@ -343,8 +349,9 @@ def test_retries_only_for_idempotent_methods() -> None:
 
 
 def test_bearer_token_metadata_and_tls_arguments() -> None:
-    assert ChannelConfig(token="s3cret").metadata() == (("authorization", "Bearer s3cret"),)
-    assert ChannelConfig().metadata() is None
+    limit = ("seqpredict-max-receive-bytes", str(MAX_MESSAGE_BYTES))  # so the server refuses what we cannot take
+    assert ChannelConfig(token="s3cret").metadata() == (limit, ("authorization", "Bearer s3cret"))
+    assert ChannelConfig().metadata() == (limit,)
     assert ChannelConfig(root_certificates=b"pem").secure and not ChannelConfig().secure
     with pytest.raises(ValueError):
         ChannelConfig(private_key=b"key")  # a key without its certificate chain

@@ -88,9 +88,11 @@ class AsyncClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    def session(self, session_id: str, *, strict: bool = False, position: int | None = None) -> AsyncSession:
-        """A handle on a server-side session; see `Client.session` for `strict` and `position`."""
-        return AsyncSession(self, session_id, strict=strict, position=position)
+    def session(
+        self, session_id: str, *, strict: bool = False, position: int | None = None, incarnation: int | None = None
+    ) -> AsyncSession:
+        """A handle on a server-side session; see `Client.session` for `strict`, `position` and `incarnation`."""
+        return AsyncSession(self, session_id, strict=strict, position=position, incarnation=incarnation)
 
     async def model_info(self) -> ModelInfo:
         """The served model: name, sha256 fingerprint, architecture, vocabulary, training record, limits."""
@@ -122,11 +124,17 @@ class AsyncSession:
     """One named session on the server; `position` follows every answer (None while unknown)."""
 
     def __init__(
-        self, client: AsyncClient, session_id: str, *, strict: bool = False, position: int | None = None
+        self,
+        client: AsyncClient,
+        session_id: str,
+        *,
+        strict: bool = False,
+        position: int | None = None,
+        incarnation: int | None = None,
     ) -> None:
         self.client = client
         self.session_id = session_id
-        self._tracker = PositionTracker(strict, position)
+        self._tracker = PositionTracker(strict, position, incarnation)
 
     @property
     def strict(self) -> bool:
@@ -141,6 +149,15 @@ class AsyncSession:
     def position(self, value: int | None) -> None:
         self._tracker.position = value
 
+    @property
+    def incarnation(self) -> int | None:
+        """Which history of the session the client is on (0: it does not exist); None while unknown."""
+        return self._tracker.incarnation
+
+    @incarnation.setter
+    def incarnation(self, value: int | None) -> None:
+        self._tracker.incarnation = value
+
     def __repr__(self) -> str:
         return f"AsyncSession({self.session_id!r}, position={self.position}, strict={self.strict})"
 
@@ -153,15 +170,18 @@ class AsyncSession:
         reset: bool = False,
         end: bool = False,
         expected_position: int | None = None,
+        expected_incarnation: int | None = None,
     ) -> Prediction:
         """Feed text (a str) or token ids and return the next-token prediction; empty input feeds nothing.
 
         An error answered by the server raises its typed exception (InvalidArgument,
         PositionMismatch, ...), and then nothing was computed and `position` is unchanged.
         """
-        feed = FeedRequest(tokens_or_text, top_k, all_steps, reset, end, expected_position)
+        feed = FeedRequest(tokens_or_text, top_k, all_steps, reset, end, expected_position, expected_incarnation)
         await self._sync_position()
-        req = predict_request(self.session_id, feed, self._tracker.expected(expected_position, reset))
+        req = predict_request(
+            self.session_id, feed, self._tracker.expected(expected_position, expected_incarnation, reset)
+        )
         call = self.client._stub.Predict(iter([req]), timeout=self.client.timeout, metadata=self.client._metadata)
         try:
             responses = [resp async for resp in call]
@@ -254,10 +274,23 @@ class AsyncSession:
         reset: bool = False,
         end: bool = False,
         expected_position: int | None = None,
+        expected_incarnation: int | None = None,
         timeout: float | None = None,
     ) -> AsyncGeneration:
         """See `Session.generate`. Iterate with `async for`; leave early with `aclose()` or `async with`."""
-        opts = GenerateOptions(max_tokens, prompt, temperature, top_k, top_p, seed, stop, reset, end, expected_position)
+        opts = GenerateOptions(
+            max_tokens,
+            prompt,
+            temperature,
+            top_k,
+            top_p,
+            seed,
+            stop,
+            reset,
+            end,
+            expected_position,
+            expected_incarnation,
+        )
         return AsyncGeneration(self, opts, timeout)
 
     async def generate_text(self, max_tokens: int, **options: Any) -> str:
@@ -268,7 +301,7 @@ class AsyncSession:
         """The session's bookkeeping; NotFound when it does not exist."""
         request = pb.GetSessionRequest(session_id=self.session_id)
         info = SessionInfo.from_pb(await self.client._unary(self.client._stub.GetSession, request, self.session_id))
-        self._tracker.observe(info.position, ended=False)
+        self._tracker.observe(info.position, info.incarnation, ended=False)
         return info
 
     async def refresh(self) -> int:
@@ -276,14 +309,14 @@ class AsyncSession:
         try:
             return (await self.info()).position
         except NotFound:
-            self._tracker.observe(0, ended=True)
+            self._tracker.observe(0, 0, ended=True)
             return 0
 
     async def end(self) -> int:
         """Release the session on the server and return its final position; NotFound when it does not exist."""
         request = pb.EndSessionRequest(session_id=self.session_id)
         msg = await self.client._unary(self.client._stub.EndSession, request, self.session_id)
-        self._tracker.observe(msg.position, ended=True)
+        self._tracker.observe(msg.position, msg.incarnation, ended=True)
         return msg.position
 
     # -- internals ------------------------------------------------------------------------------
@@ -294,7 +327,7 @@ class AsyncSession:
     def _outcome(self, resp: pb.PredictResponse, feed: FeedRequest) -> Prediction | SeqpredictError:
         outcome = answer(resp, feed)
         if isinstance(outcome, Prediction):
-            self._tracker.observe(outcome.position, outcome.ended)
+            self._tracker.observe(outcome.position, outcome.incarnation, outcome.ended)
         return outcome
 
     async def _after_cancel(self) -> None:

@@ -19,6 +19,8 @@ SERVICE = "seqpredict.v1.SequencePredictor"
 HEALTH_SERVICE = "grpc.health.v1.Health"
 DEFAULT_TARGET = "127.0.0.1:50051"
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# Told to the server with every call, so it refuses (before doing any work) an answer we could not receive.
+RECEIVE_LIMIT_METADATA = "seqpredict-max-receive-bytes"
 
 # Only calls that change nothing may be retried: a retried Predict or Generate whose first
 # attempt reached the server would feed the same tokens twice and silently corrupt the
@@ -97,10 +99,12 @@ class ChannelConfig:
     def channel_options(self) -> list[tuple[str, Any]]:
         return channel_options(self.options)
 
-    def metadata(self) -> tuple[tuple[str, str], ...] | None:
-        """Sent with every call: the bearer token, when there is one."""
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        """Sent with every call: our receive limit, and the bearer token when there is one."""
+        limit = dict(self.channel_options()).get("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)
+        metadata: tuple[tuple[str, str], ...] = ((RECEIVE_LIMIT_METADATA, str(limit)),)
         if self.token is None:
-            return None
+            return metadata
         if not self.secure:
             log.debug("sending a bearer token over a plaintext channel to %s", self.target)
-        return (("authorization", f"Bearer {self.token}"),)
+        return (*metadata, ("authorization", f"Bearer {self.token}"))

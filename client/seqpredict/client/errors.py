@@ -10,6 +10,7 @@ from __future__ import annotations
 import grpc
 
 POSITION_METADATA = "seqpredict-position"
+INCARNATION_METADATA = "seqpredict-incarnation"
 _BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
 
 
@@ -35,10 +36,10 @@ class InvalidArgument(SeqpredictError):
 
 
 class PositionMismatch(SeqpredictError):
-    """The session is not where the client expected: its state was lost or someone else wrote to it.
+    """The session is not where the client expected: its state was lost, reset, or someone else wrote to it.
 
-    Nothing was computed. `actual_position` is the session's position on the server (0 when it
-    does not exist any more), or None when the server did not say.
+    Nothing was computed. `actual_position` and `actual_incarnation` are the session's on the
+    server (0 and 0 when it does not exist any more), or None when the server did not say.
     """
 
     default_code = grpc.StatusCode.FAILED_PRECONDITION
@@ -48,11 +49,13 @@ class PositionMismatch(SeqpredictError):
         message: str,
         *,
         actual_position: int | None = None,
+        actual_incarnation: int | None = None,
         code: grpc.StatusCode | None = None,
         session_id: str | None = None,
     ) -> None:
         super().__init__(message, code=code, session_id=session_id)
         self.actual_position = actual_position
+        self.actual_incarnation = actual_incarnation
 
 
 class NotFound(SeqpredictError):
@@ -109,17 +112,23 @@ _CLASSES: dict[grpc.StatusCode, type[SeqpredictError]] = {
 }
 
 
-def _make(code: grpc.StatusCode, message: str, position: int | None, session_id: str | None) -> SeqpredictError:
+def _make(
+    code: grpc.StatusCode, message: str, position: int | None, incarnation: int | None, session_id: str | None
+) -> SeqpredictError:
     cls = _CLASSES.get(code, ServerError)
     if cls is PositionMismatch:
-        return PositionMismatch(message, actual_position=position, code=code, session_id=session_id)
+        return PositionMismatch(
+            message, actual_position=position, actual_incarnation=incarnation, code=code, session_id=session_id
+        )
     return cls(message, code=code, session_id=session_id)
 
 
-def from_request_error(code: int, message: str, position: int, session_id: str | None = None) -> SeqpredictError:
-    """The exception for an in-band `RequestError` on a Predict stream (`position` from its response)."""
+def from_request_error(
+    code: int, message: str, position: int, session_id: str | None = None, incarnation: int | None = None
+) -> SeqpredictError:
+    """The exception for an in-band `RequestError` on a Predict stream (position, incarnation from its response)."""
     status = _BY_NUMBER.get(code, grpc.StatusCode.UNKNOWN)
-    return _make(status, message or status.name, position, session_id)
+    return _make(status, message or status.name, position, incarnation, session_id)
 
 
 def from_rpc_error(error: grpc.RpcError, session_id: str | None = None) -> SeqpredictError:
@@ -130,15 +139,16 @@ def from_rpc_error(error: grpc.RpcError, session_id: str | None = None) -> Seqpr
         code = grpc.StatusCode.UNKNOWN
     details_fn = getattr(error, "details", None)
     message = (details_fn() if callable(details_fn) else None) or code.name
-    return _make(code, message, _position_from_metadata(error), session_id)
+    position = _int_from_metadata(error, POSITION_METADATA)
+    return _make(code, message, position, _int_from_metadata(error, INCARNATION_METADATA), session_id)
 
 
-def _position_from_metadata(error: grpc.RpcError) -> int | None:
-    """FAILED_PRECONDITION statuses carry the session's actual position as trailing metadata."""
+def _int_from_metadata(error: grpc.RpcError, name: str) -> int | None:
+    """FAILED_PRECONDITION statuses carry the session's actual position and incarnation as trailing metadata."""
     trailing_fn = getattr(error, "trailing_metadata", None)
     trailing = trailing_fn() if callable(trailing_fn) else None
     for key, value in trailing or ():
-        if key == POSITION_METADATA:
+        if key == name:
             try:
                 return int(value)
             except (TypeError, ValueError):

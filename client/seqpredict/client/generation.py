@@ -54,13 +54,17 @@ class Generation(Iterator[GeneratedToken]):
             raise from_rpc_error(exc, self._session.session_id) from exc
         token = GeneratedToken.from_pb(resp)
         self._finished = token.finish_reason is not None
-        self._session._tracker.observe(token.position, ended=self._finished and self._opts.end)
+        self._session._tracker.observe(token.position, token.incarnation, ended=self._finished and self._opts.end)
         return token
 
     def _start(self) -> Any:
         session, opts = self._session, self._opts
         session._sync_position()
-        req = generate_request(session.session_id, opts, session._tracker.expected(opts.expected_position, opts.reset))
+        req = generate_request(
+            session.session_id,
+            opts,
+            session._tracker.expected(opts.expected_position, opts.expected_incarnation, opts.reset),
+        )
         client = session.client
         self._call = client._stub.Generate(req, timeout=self._timeout, metadata=client._metadata)
         return self._call
@@ -121,13 +125,17 @@ class AsyncGeneration(AsyncIterator[GeneratedToken]):
             raise StopAsyncIteration
         token = GeneratedToken.from_pb(resp)
         self._finished = token.finish_reason is not None
-        self._session._tracker.observe(token.position, ended=self._finished and self._opts.end)
+        self._session._tracker.observe(token.position, token.incarnation, ended=self._finished and self._opts.end)
         return token
 
     async def _start(self) -> aio.UnaryStreamCall:
         session, opts = self._session, self._opts
         await session._sync_position()
-        req = generate_request(session.session_id, opts, session._tracker.expected(opts.expected_position, opts.reset))
+        req = generate_request(
+            session.session_id,
+            opts,
+            session._tracker.expected(opts.expected_position, opts.expected_incarnation, opts.reset),
+        )
         client = session.client
         self._call = client._stub.Generate(req, timeout=self._timeout, metadata=client._metadata)
         return self._call

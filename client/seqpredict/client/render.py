@@ -116,6 +116,7 @@ def session_info(info: SessionInfo) -> str:
         [
             ("session", info.session_id),
             ("position", str(info.position)),
+            ("incarnation", str(info.incarnation)),
             ("created", info.created_at.isoformat(timespec="seconds")),
             ("last used", info.last_used_at.isoformat(timespec="seconds")),
             ("expires", info.expires_at.isoformat(timespec="seconds")),

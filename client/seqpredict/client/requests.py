@@ -33,6 +33,7 @@ class FeedRequest:
     reset: bool = False  # start from the zero state before feeding
     end: bool = False  # release the session after answering
     expected_position: int | None = None  # fail with PositionMismatch unless the session is here
+    expected_incarnation: int | None = None  # ... and is this history of it (0: must not exist)
 
     @property
     def num_tokens(self) -> int:
@@ -52,19 +53,28 @@ def as_feed(item: FeedInput) -> FeedRequest:
     raise TypeError(f"expected str, a sequence of token ids or FeedRequest, got {type(item).__name__}")
 
 
-def predict_request(
-    session_id: str, feed: FeedRequest, expected_position: int | None, request_id: int = 0
-) -> pb.PredictRequest:
-    """`expected_position` is the one to send (the feed's own, or the strict session's)."""
+# (expected_position, expected_incarnation) to send; None leaves either unchecked.
+Guard = tuple[int | None, int | None]
+
+
+def predict_request(session_id: str, feed: FeedRequest, guard: Guard, request_id: int = 0) -> pb.PredictRequest:
+    """`guard` is what to send (the feed's own, or the strict session's)."""
     req = pb.PredictRequest(
         session_id=session_id, all_steps=feed.all_steps, reset=feed.reset, end=feed.end, request_id=request_id
     )
     _set_input(req, "tokens", "text", feed.input)
     if feed.top_k is not None:
         req.top_k = feed.top_k
-    if expected_position is not None:
-        req.expected_position = expected_position
+    _set_guard(req, guard)
     return req
+
+
+def _set_guard(req: pb.PredictRequest | pb.GenerateRequest, guard: Guard) -> None:
+    position, incarnation = guard
+    if position is not None:
+        req.expected_position = position
+    if incarnation is not None:
+        req.expected_incarnation = incarnation
 
 
 @dataclass(frozen=True)
@@ -81,6 +91,7 @@ class GenerateOptions:
     reset: bool = False
     end: bool = False
     expected_position: int | None = None
+    expected_incarnation: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):  # a lone string would otherwise become one stop string per character
@@ -88,7 +99,7 @@ class GenerateOptions:
         object.__setattr__(self, "stop", tuple(self.stop))
 
 
-def generate_request(session_id: str, opts: GenerateOptions, expected_position: int | None) -> pb.GenerateRequest:
+def generate_request(session_id: str, opts: GenerateOptions, guard: Guard) -> pb.GenerateRequest:
     req = pb.GenerateRequest(
         session_id=session_id, max_tokens=opts.max_tokens, stop=list(opts.stop), reset=opts.reset, end=opts.end
     )
@@ -98,8 +109,7 @@ def generate_request(session_id: str, opts: GenerateOptions, expected_position: 
         value = getattr(opts, name)
         if value is not None:
             setattr(req, name, value)
-    if expected_position is not None:
-        req.expected_position = expected_position
+    _set_guard(req, guard)
     return req
 
 
@@ -117,14 +127,15 @@ def many_request(requests: Iterable[tuple[str, FeedInput]]) -> tuple[pb.PredictM
     for i, (session_id, item) in enumerate(requests):
         feed = as_feed(item)
         feeds.append(feed)
-        message.requests.append(predict_request(session_id, feed, feed.expected_position, request_id=i))
+        guard = (feed.expected_position, feed.expected_incarnation)
+        message.requests.append(predict_request(session_id, feed, guard, request_id=i))
     return message, feeds
 
 
 def answer(resp: pb.PredictResponse, feed: FeedRequest) -> Prediction | SeqpredictError:
     """A response as a Prediction, or the exception its in-band error stands for."""
     if resp.HasField("error"):
-        return from_request_error(resp.error.code, resp.error.message, resp.position, resp.session_id)
+        return from_request_error(resp.error.code, resp.error.message, resp.position, resp.session_id, resp.incarnation)
     return Prediction.from_pb(resp, all_steps=feed.all_steps)
 
 

@@ -85,15 +85,18 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def session(self, session_id: str, *, strict: bool = False, position: int | None = None) -> Session:
+    def session(
+        self, session_id: str, *, strict: bool = False, position: int | None = None, incarnation: int | None = None
+    ) -> Session:
         """A handle on a server-side session (created by its first feed; no call is made here).
 
-        `strict`: every feed and generate carries the tracked position as expected_position, so
-        lost state (eviction, restart, another writer) raises PositionMismatch instead of
-        silently continuing from zero. `position`: where the session is known to be, e.g. 0 for
-        one that must be new; unknown positions are fetched from the server first.
+        `strict`: every feed and generate carries the tracked position and incarnation as
+        expected_position / expected_incarnation, so lost state (eviction, restart, reset, another
+        writer) raises PositionMismatch instead of silently continuing on other state.
+        `position` (and `incarnation`): where the session is known to be, e.g. 0 for one that
+        must be new; unknown positions are fetched from the server first.
         """
-        return Session(self, session_id, strict=strict, position=position)
+        return Session(self, session_id, strict=strict, position=position, incarnation=incarnation)
 
     def model_info(self) -> ModelInfo:
         """The served model: name, sha256 fingerprint, architecture, vocabulary, training record, limits."""
@@ -133,10 +136,18 @@ class Session:
     should have one writer at a time anyway.
     """
 
-    def __init__(self, client: Client, session_id: str, *, strict: bool = False, position: int | None = None) -> None:
+    def __init__(
+        self,
+        client: Client,
+        session_id: str,
+        *,
+        strict: bool = False,
+        position: int | None = None,
+        incarnation: int | None = None,
+    ) -> None:
         self.client = client
         self.session_id = session_id
-        self._tracker = PositionTracker(strict, position)
+        self._tracker = PositionTracker(strict, position, incarnation)
 
     @property
     def strict(self) -> bool:
@@ -152,6 +163,15 @@ class Session:
         # For resynchronising after a PositionMismatch the caller has dealt with.
         self._tracker.position = value
 
+    @property
+    def incarnation(self) -> int | None:
+        """Which history of the session the client is on (0: it does not exist); None while unknown."""
+        return self._tracker.incarnation
+
+    @incarnation.setter
+    def incarnation(self, value: int | None) -> None:
+        self._tracker.incarnation = value
+
     def __repr__(self) -> str:
         return f"Session({self.session_id!r}, position={self.position}, strict={self.strict})"
 
@@ -164,15 +184,18 @@ class Session:
         reset: bool = False,
         end: bool = False,
         expected_position: int | None = None,
+        expected_incarnation: int | None = None,
     ) -> Prediction:
         """Feed text (a str) or token ids and return the next-token prediction; empty input feeds nothing.
 
         An error answered by the server raises its typed exception (InvalidArgument,
         PositionMismatch, ...), and then nothing was computed and `position` is unchanged.
         """
-        feed = FeedRequest(tokens_or_text, top_k, all_steps, reset, end, expected_position)
+        feed = FeedRequest(tokens_or_text, top_k, all_steps, reset, end, expected_position, expected_incarnation)
         self._sync_position()
-        req = predict_request(self.session_id, feed, self._tracker.expected(expected_position, reset))
+        req = predict_request(
+            self.session_id, feed, self._tracker.expected(expected_position, expected_incarnation, reset)
+        )
         call = self.client._stub.Predict(iter([req]), timeout=self.client.timeout, metadata=self.client._metadata)
         try:
             resp = only(list(call))
@@ -248,6 +271,7 @@ class Session:
         reset: bool = False,
         end: bool = False,
         expected_position: int | None = None,
+        expected_incarnation: int | None = None,
         timeout: float | None = None,
     ) -> Generation:
         """Sample up to `max_tokens` tokens after an optional prompt, streamed as they are produced.
@@ -257,7 +281,19 @@ class Session:
         that cancels the call so the server stops promptly, and since the server may have fed a
         few more tokens than arrived, re-reads `position` from the server.
         """
-        opts = GenerateOptions(max_tokens, prompt, temperature, top_k, top_p, seed, stop, reset, end, expected_position)
+        opts = GenerateOptions(
+            max_tokens,
+            prompt,
+            temperature,
+            top_k,
+            top_p,
+            seed,
+            stop,
+            reset,
+            end,
+            expected_position,
+            expected_incarnation,
+        )
         return Generation(self, opts, timeout)
 
     def generate_text(self, max_tokens: int, **options: Any) -> str:
@@ -271,7 +307,7 @@ class Session:
             self.client._stub.GetSession, pb.GetSessionRequest(session_id=self.session_id), self.session_id
         )
         info = SessionInfo.from_pb(msg)
-        self._tracker.observe(info.position, ended=False)
+        self._tracker.observe(info.position, info.incarnation, ended=False)
         return info
 
     def refresh(self) -> int:
@@ -279,7 +315,7 @@ class Session:
         try:
             return self.info().position
         except NotFound:
-            self._tracker.observe(0, ended=True)
+            self._tracker.observe(0, 0, ended=True)
             return 0
 
     def end(self) -> int:
@@ -287,7 +323,7 @@ class Session:
         msg = self.client._unary(
             self.client._stub.EndSession, pb.EndSessionRequest(session_id=self.session_id), self.session_id
         )
-        self._tracker.observe(msg.position, ended=True)
+        self._tracker.observe(msg.position, msg.incarnation, ended=True)
         return msg.position
 
     # -- internals ------------------------------------------------------------------------------
@@ -298,7 +334,7 @@ class Session:
     def _outcome(self, resp: pb.PredictResponse, feed: FeedRequest) -> Prediction | SeqpredictError:
         outcome = answer(resp, feed)
         if isinstance(outcome, Prediction):
-            self._tracker.observe(outcome.position, outcome.ended)
+            self._tracker.observe(outcome.position, outcome.incarnation, outcome.ended)
         return outcome
 
     def _result(self, resp: pb.PredictResponse, feed: FeedRequest) -> Prediction:

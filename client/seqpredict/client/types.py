@@ -52,6 +52,8 @@ class Prediction:
     steps: tuple[TopK, ...] | None
     ended: bool
     request_id: int
+    # Which history of the session this is: changes when it is reset or created again.
+    incarnation: int = 0
 
     @property
     def top(self) -> TokenProbability:
@@ -62,7 +64,9 @@ class Prediction:
     def from_pb(cls, msg: pb.PredictResponse, *, all_steps: bool = False) -> Prediction:
         # `steps` is empty both without all_steps and for an empty input: the request tells them apart.
         steps = tuple(_top(step.top) for step in msg.steps) if all_steps else None
-        return cls(msg.session_id, msg.position, msg.created, _top(msg.next), steps, msg.ended, msg.request_id)
+        return cls(
+            msg.session_id, msg.position, msg.created, _top(msg.next), steps, msg.ended, msg.request_id, msg.incarnation
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +82,7 @@ class GeneratedToken:
     stop: str | None  # the stop string that matched, with finish_reason "stop"
     # Probability under the model before temperature and filtering.
     probability: float
+    incarnation: int = 0
 
     @classmethod
     def from_pb(cls, msg: pb.GenerateResponse) -> GeneratedToken:
@@ -89,6 +94,7 @@ class GeneratedToken:
             finish_reason=_FINISH_REASONS.get(msg.finish_reason),
             stop=msg.stop or None,
             probability=msg.probability,
+            incarnation=msg.incarnation,
         )
 
 
@@ -105,6 +111,7 @@ class SessionInfo:
     created_at: datetime
     last_used_at: datetime
     expires_at: datetime
+    incarnation: int = 0
 
     @classmethod
     def from_pb(cls, msg: pb.SessionInfo) -> SessionInfo:
@@ -114,6 +121,7 @@ class SessionInfo:
             _datetime(msg.created_at),
             _datetime(msg.last_used_at),
             _datetime(msg.expires_at),
+            msg.incarnation,
         )
 
 
@@ -126,6 +134,9 @@ class ServerLimits:
     max_sessions: int
     idle_ttl_seconds: float
     max_message_bytes: int
+    max_answer_bytes: int = 0
+    stream_window_requests: int = 0
+    stream_window_bytes: int = 0
 
     @classmethod
     def from_pb(cls, msg: pb.ServerLimits) -> ServerLimits:
@@ -135,6 +146,9 @@ class ServerLimits:
             msg.max_sessions,
             msg.idle_ttl_seconds,
             msg.max_message_bytes,
+            msg.max_answer_bytes,
+            msg.stream_window_requests,
+            msg.stream_window_bytes,
         )
 
 
