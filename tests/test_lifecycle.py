@@ -56,7 +56,8 @@ def test_sigterm_drains_then_restart_continues_exactly(tmp_path, checkpoint):
     stub = first.stub()
     session, writer = f"life-{uuid.uuid4().hex[:8]}", f"gen-{uuid.uuid4().hex[:8]}"
     part1, part2 = "ROMEO:\nBut soft, what light through yonder ", "window breaks?\n"
-    assert feed(stub, session, part1).position == len(part1)
+    first_answer = feed(stub, session, part1)
+    assert first_answer.position == len(part1)
     stream = OpenStream(first.stub())
     assert stream.ask(pb.PredictRequest(session_id=f"open-{session}", text="abc")).position == 3
     # A long generation is in flight when the signal arrives: it must be allowed to finish.
@@ -83,7 +84,11 @@ def test_sigterm_drains_then_restart_continues_exactly(tmp_path, checkpoint):
     try:
         assert "restored 3 session(s)" in second.log()
         stub = second.stub()
-        continued = feed(stub, session, part2, expected_position=len(part1))
+        # A clean drain loses nothing: the session continues as the same incarnation.
+        continued = feed(
+            stub, session, part2, expected_position=len(part1), expected_incarnation=first_answer.incarnation
+        )
+        assert not continued.error.code, continued.error
         assert not continued.created and continued.position == len(part1 + part2)
         ref = reference_probabilities(checkpoint.build_model(), checkpoint.vocab.encode(part1 + part2))
         assert_top_matches(continued.next, ref[len(part1 + part2)], "after restart")
@@ -101,7 +106,7 @@ def test_sigkill_between_snapshots_is_reported_never_served_wrong(tmp_path, chec
     for _attempt in range(3):
         server = ServerProcess(log, "--snapshot-path", str(path), "--snapshot-interval-s", "2")
         fingerprint = server.stub().GetModelInfo(pb.GetModelInfoRequest()).fingerprint
-        feed(server.stub(), session, saved, reset=True)
+        incarnation = feed(server.stub(), session, saved, reset=True).incarnation
         deadline = time.monotonic() + 20
         while not (path.exists() and snapshot_positions(path, fingerprint, checkpoint).get(session) == len(saved)):
             assert time.monotonic() < deadline, "no periodic snapshot"
@@ -123,6 +128,11 @@ def test_sigkill_between_snapshots_is_reported_never_served_wrong(tmp_path, chec
         moved_back = feed(stub, session, "?", expected_position=len(saved + lost))
         assert moved_back.error.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
         assert moved_back.position == len(saved), "the client learns its position moved back"
+        # Restored from a periodic snapshot, which may be older than what clients saw: a new incarnation,
+        # so even a client at the snapshot's position learns its history may not be the server's.
+        fenced = feed(stub, session, "?", expected_position=len(saved), expected_incarnation=incarnation)
+        assert fenced.error.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
+        assert fenced.incarnation not in (0, incarnation)
         resumed = feed(stub, session, lost, expected_position=len(saved))
         ref = reference_probabilities(checkpoint.build_model(), checkpoint.vocab.encode(saved + lost))
         assert_top_matches(resumed.next, ref[len(saved + lost)], "resumed from the snapshot")
