@@ -8,10 +8,12 @@ deliveries to. For every batch:
    `reset` applied) and `chunk`, so nothing is ever computed on the wrong state;
 2. Generate rows sample their token (one batched draw), then every row feeding exactly
    one token joins one fused step: one gather, one cell call per layer, one scatter;
-3. longer rows (prefill, pipelined runs) go through nn.LSTM as whole sequences, grouped
-   by length;
-4. logits only where a job asked for them, through one head matmul, one log-softmax and
-   one top-k for the whole batch; each job's `absorb` turns them into its payload.
+3. longer rows (prefill, pipelined runs) go through nn.LSTM as whole sequences, one group
+   per length;
+4. after each group: logits only where a job asked for them (one head matmul, one
+   log-softmax and one top-k for the group), positions advanced, and each job's `absorb`
+   turns them into its payload — so if a later group fails, earlier groups stay answered
+   and their sessions consistent.
 
 No asyncio and no grpc here; the state pool is touched only from this thread.
 """
@@ -94,24 +96,26 @@ class Engine:
         ops = self.ops
         ops.begin_batch(self.pool.clock())
         rows = [row for run in batch if (row := self._open(run, started, out)) is not None]
-        if not rows:
-            return
         singles = [r for r in rows if len(r.tokens) == 1 or r.sample is not None]
-        chunks = [r for r in rows if len(r.tokens) > 1]
-        empties = [r for r in rows if not r.tokens and r.sample is None]
-        needs: list[tuple[_Row, int]] = []  # (row, point) for every logits row a job asked for
+        by_length: dict[int, list[_Row]] = defaultdict(list)
         for r in rows:
-            for seg in r.segments:
-                seg.first_need = len(needs)
-                needs.extend((r, p) for p in seg.points)
+            if len(r.tokens) > 1:
+                by_length[len(r.tokens)].append(r)
+        empties = [r for r in rows if not r.tokens and r.sample is None]
         hidden: dict[int, Tensor] = {}  # id(row) → (T + 1, H): the top layer before and after each token
-        step_logits = self._run_singles(singles, hidden) if singles else None
-        if chunks:
-            self._run_chunks(chunks, hidden)
+        if singles:
+            step_logits = self._run_singles(singles, hidden)
+            self._finish(singles, self._logits(singles, step_logits, hidden), out)
+        for group in by_length.values():
+            self._run_chunk(group, hidden)
+            self._finish(group, self._logits(group, None, hidden), out)
         if empties:
             self._initial_hidden(empties, hidden)
-        logits = self._logits(needs, singles, step_logits, hidden)
-        self._finish(rows, logits, out, started)
+            self._finish(empties, self._logits(empties, None, hidden), out)
+        m = self.metrics
+        m.batch_size.observe(len(rows))
+        m.batch_tokens.observe(sum(len(r.tokens) for r in rows))
+        m.batch_seconds.observe(time.perf_counter() - started)
 
     def _open(self, run: Run, now: float, out: list[Delivery]) -> _Row | None:
         """Start the run's jobs (bookkeeping and checks) and lay their chunks out in one row."""
@@ -193,18 +197,15 @@ class Engine:
             rows[i].sampled_probability = prob
 
     # -- whole chunks: nn.LSTM over the sequence --------------------------------------------------------
-    def _run_chunks(self, rows: list[_Row], hidden: dict[int, Tensor]) -> None:
-        by_length: dict[int, list[_Row]] = defaultdict(list)
-        for r in rows:
-            by_length[len(r.tokens)].append(r)
-        for group in by_length.values():
-            slots = torch.tensor([r.slot for r in group])
-            state = self.pool.gather(slots)
-            feats, new_state = self.model.features(torch.tensor([r.tokens for r in group]), state)  # (G, T, H)
-            self.pool.scatter(slots, new_state)
-            before = state[0][-1]  # (G, H)
-            for j, r in enumerate(group):
-                hidden[id(r)] = torch.cat((before[j : j + 1], feats[j]))  # (T + 1, H)
+    def _run_chunk(self, group: list[_Row], hidden: dict[int, Tensor]) -> None:
+        """Rows of one length through nn.LSTM together."""
+        slots = torch.tensor([r.slot for r in group])
+        state = self.pool.gather(slots)
+        feats, new_state = self.model.features(torch.tensor([r.tokens for r in group]), state)  # (G, T, H)
+        self.pool.scatter(slots, new_state)
+        before = state[0][-1]  # (G, H)
+        for j, r in enumerate(group):
+            hidden[id(r)] = torch.cat((before[j : j + 1], feats[j]))  # (T + 1, H)
 
     def _initial_hidden(self, rows: list[_Row], hidden: dict[int, Tensor]) -> None:
         """Rows that feed nothing and only predict from the state."""
@@ -212,30 +213,24 @@ class Engine:
         for j, r in enumerate(rows):
             hidden[id(r)] = state[0][-1][j : j + 1]  # (1, H)
 
-    def _logits(
-        self,
-        needs: list[tuple[_Row, int]],
-        singles: list[_Row],
-        step_logits: Tensor | None,
-        hidden: dict[int, Tensor],
-    ) -> Tensor | None:
-        """The logits rows of `needs`, in order: the step's own where it computed them, the rest
-        through one head matmul."""
-        if not needs:
-            return None
-        single_index = {id(r): i for i, r in enumerate(singles)}
-        from_step: list[int] = []
+    def _logits(self, rows: list[_Row], step_logits: Tensor | None, hidden: dict[int, Tensor]) -> Tensor | None:
+        """The logits every segment of `rows` asked for, in order (each segment's `first_need` says
+        where its rows start): the fused step's own where it computed them (`step_logits`, one per
+        row), the rest through one head matmul."""
         extra: list[Tensor] = []
         order: list[int] = []  # per need: its row in cat(step_logits, head(extra))
         base = step_logits.shape[0] if step_logits is not None else 0
-        for r, p in needs:
-            i = single_index.get(id(r))
-            if i is not None and p == 0:
-                order.append(i)
-                from_step.append(i)
-            else:
-                order.append(base + len(extra))
-                extra.append(hidden[id(r)][p + 1])
+        for i, r in enumerate(rows):
+            for seg in r.segments:
+                seg.first_need = len(order)
+                for p in seg.points:
+                    if step_logits is not None and p == 0:
+                        order.append(i)
+                    else:
+                        order.append(base + len(extra))
+                        extra.append(hidden[id(r)][p + 1])
+        if not order:
+            return None
         if not extra and step_logits is not None and order == list(range(base)):
             return step_logits  # the common case: one answer per single-token row, in order
         parts = [step_logits] if step_logits is not None else []
@@ -245,7 +240,7 @@ class Engine:
         return table.index_select(0, torch.tensor(order))
 
     # -- results -----------------------------------------------------------------------------------------
-    def _finish(self, rows: list[_Row], logits: Tensor | None, out: list[Delivery], started: float) -> None:
+    def _finish(self, rows: list[_Row], logits: Tensor | None, out: list[Delivery]) -> None:
         """Advance positions, then let every job absorb its share: top-k, kept logits, sampled token."""
         tops = self._topk(rows, logits) if logits is not None else []
         counts = [len(r.tokens) for r in rows]
@@ -280,14 +275,10 @@ class Engine:
                     self._ok[job.kind].inc()
                 else:
                     ops.busy.add(r.slot)
-        m = self.metrics
         if consumed:
-            m.tokens_consumed.inc(consumed)
+            self.metrics.tokens_consumed.inc(consumed)
         if generated:
-            m.tokens_generated.inc(generated)
-        m.batch_size.observe(len(rows))
-        m.batch_tokens.observe(sum(counts))
-        m.batch_seconds.observe(time.perf_counter() - started)
+            self.metrics.tokens_generated.inc(generated)
 
     def _topk(self, rows: list[_Row], logits: Tensor) -> list[TopK]:
         """Top-k of every needed logits row (k of its job; rows of jobs without top-k are skipped)."""
