@@ -229,6 +229,14 @@ def test_a_checkpoint_that_would_run_code_is_refused_at_start_up(tmp_path):
         ({"SEQPREDICT_SESSION_POLICY": "drop"}, (), "session_policy must be 'evict' or 'reject'"),
         ({"SEQPREDICT_TLS_CERT": "/etc/hostname"}, (), "tls_cert and tls_key must be given together"),
         ({}, ("--max-batch-size", "0"), "max_batch_size must be at least 1"),
+        # NaN passes every comparison: each float setting refuses it (and infinities) by name.
+        ({"SEQPREDICT_IDLE_TTL_S": "nan"}, (), "idle_ttl_s must be a finite number, got nan"),
+        ({"SEQPREDICT_MAX_DELAY_MS": "inf"}, (), "max_delay_ms must be a finite number, got inf"),
+        ({}, ("--grace-s=-inf",), "grace_s must be a finite number, got -inf"),
+        ({}, ("--snapshot-interval-s", "NaN"), "snapshot_interval_s must be a finite number, got nan"),
+        ({}, ("--engine-stall-s", "0"), "engine_stall_s must be > 0"),
+        ({}, ("--max-connections", str(2**31)), f"max_connections {2**31} needs"),
+        ({}, ("--stream-window", "0"), "stream_window must be at least 1"),
     ],
 )
 def test_a_bad_setting_stops_the_server_with_a_message_naming_it(tmp_path, env, args, message):

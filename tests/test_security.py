@@ -18,6 +18,7 @@ from seqpredict.server.config import Settings
 from seqpredict.v1 import seqpredict_pb2 as pb
 from seqpredict.v1 import seqpredict_pb2_grpc as pb_grpc
 from tests.conftest import RunningServer
+from tests.serverproc import ServerProcess
 
 TOKEN = "s3cret-token-for-tests"
 
@@ -161,3 +162,38 @@ def test_tokens_from_the_environment_are_never_printed():
             assert _predict(channel, (("authorization", f"Bearer {TOKEN}"),)).position >= 1
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("scheme", ["bearer", "BEARER", "BeArEr"])
+def test_the_bearer_scheme_is_case_insensitive(authed, scheme):
+    """RFC 6750 / RFC 9110: auth schemes are case-insensitive; the token itself is not."""
+    with grpc.insecure_channel(authed.address) as channel:
+        assert _predict(channel, (("authorization", f"{scheme} {TOKEN}"),)).position >= 1
+        with pytest.raises(grpc.RpcError) as err:
+            _predict(channel, (("authorization", f"{scheme} {TOKEN.upper()}"),))
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+@pytest.mark.parametrize(
+    ("environ", "file_text", "message"),
+    [
+        ({"SEQPREDICT_AUTH_TOKENS": ","}, None, "auth_tokens is set but holds no token"),
+        ({"SEQPREDICT_AUTH_TOKENS": " "}, None, "auth_tokens is set but holds no token"),
+        ({"SEQPREDICT_AUTH_TOKENS": ""}, None, "auth_tokens is set but holds no token"),
+        ({}, "", "holds no token (only blank lines or # comments)"),
+        ({}, "# tokens go here\n\n   \n# none yet\n", "holds no token (only blank lines or # comments)"),
+    ],
+    ids=["comma", "blank", "empty", "empty-file", "comments-only-file"],
+)
+def test_auth_that_yields_no_token_is_a_start_up_error_never_an_open_server(tmp_path, environ, file_text, message):
+    """Asking for auth and getting no token must stop the server (exit 2, naming the setting),
+    not start it accepting everyone."""
+    env = dict(environ)
+    if file_text is not None:
+        tokens = tmp_path / "tokens"
+        tokens.write_text(file_text)
+        env["SEQPREDICT_AUTH_TOKENS_FILE"] = str(tokens)
+    server = ServerProcess(tmp_path / "server.log", env=env, wait=False)
+    assert server.wait(60) == 2
+    assert message in server.log() and "Traceback" not in server.log()
+    assert "plaintext" not in server.log(), "it never started serving"
