@@ -40,9 +40,9 @@ import tsproc  # noqa: E402
 from measure import run_load  # noqa: E402
 from plan import FULL as BENCH_FULL  # noqa: E402
 from plan import LoadRun  # noqa: E402
-from procs import BENCH_DIR, free_port, start_ours, wait_serving  # noqa: E402
+from procs import BENCH_DIR, start_ours, wait_serving  # noqa: E402
 from tqdm import tqdm  # noqa: E402
-from tsconfig import Ports, TorchServeSettings  # noqa: E402
+from tsconfig import TorchServeSettings  # noqa: E402
 
 from seqpredict.server.config import default_checkpoint  # noqa: E402
 
@@ -95,10 +95,8 @@ class PeersBench:
             server.stop()
 
     def torchserve(self, c: int) -> dict[str, Any]:
-        ports = Ports(*(free_port() for _ in range(6)))
-        server = tsproc.start(
-            f"torchserve-c{c}", self.settings, c, self.checkpoint, self.out / "peers-torchserve", ports
-        )
+        run_dir = self.out / "peers-torchserve"
+        server = tsproc.start(f"torchserve-c{c}", self.settings, c, self.checkpoint, run_dir, tsproc.free_ports())
         try:
             tsproc.wait_ready(server, self.settings.workers)
             return self._drive(server, c)

@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 import urllib.error
@@ -88,6 +89,22 @@ class TorchServeProcess:
                 os.kill(pid, signal.SIGKILL)
         if self.proc.poll() is None:
             self.proc.wait()
+
+
+def free_ports() -> Ports:
+    """Six distinct free loopback ports: all held open at once, so the kernel cannot hand one out twice.
+
+    TorchServe binds its HTTP and gRPC servers only after its workers have loaded the model; a
+    duplicate port then ends the frontend after a successful start, which is how a round was lost.
+    """
+    sockets = [socket.socket() for _ in range(6)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return Ports(*(s.getsockname()[1] for s in sockets))
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def archive(settings: TorchServeSettings, sessions: int, checkpoint: Path, store: Path) -> Path:
