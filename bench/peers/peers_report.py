@@ -89,6 +89,15 @@ def rounds_table(runs: list[dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
+def wrong_examples(runs: list[dict[str, Any]]) -> list[str]:
+    """The mismatches the driver reported (served vs reference top-5), so their size can be judged."""
+    lines = []
+    for r in runs:
+        v = r["loadgen"].get("verified") or {}
+        lines += [f"- C={r['sessions']} round {r['round']}: {e}" for e in v.get("examples", [])]
+    return ["Mismatches beyond 1e-5 (served top-5 probabilities vs the reference's):", "", *lines, ""] if lines else []
+
+
 def settings_section(results: dict[str, Any]) -> str:
     ts = results["torchserve"]
     s = ts["settings"]
@@ -175,6 +184,7 @@ def render(
         f"TorchServe's answers: {checked:,} checked against the reference, {wrong} wrong. Ours are held to the same "
         "contract by the test suite (`tests/test_equivalence.py`), not re-checked here.",
         "",
+        *wrong_examples(runs),
         f"![ours and TorchServe by C: throughput, p50, server CPU per token]({png_name})",
         "",
         "## TorchServe's configuration",
