@@ -23,6 +23,7 @@ help:
 	@echo "make eval       evaluate the shipped checkpoint on the validation plays"
 	@echo "make bench      full benchmark (writes bench/RESULTS.md); make bench-short for a quick one"
 	@echo "make soak       10-minute mixed load with low limits (bench/soak/report.md); SOAK_ARGS=\"--duration 120\""
+	@echo "make bench-peers  ours against TorchServe 0.12, same load, same run (bench/PEERS.md); bench-peers-short"
 
 $(BIN)/pip:
 	$(PYTHON) -m venv $(VENV)
@@ -88,6 +89,40 @@ bench-short: install
 # Not in CI: mixed load with the limits set low; fails on a wrong answer or RSS growth.
 soak: install
 	$(PY) bench/soak.py $(SOAK_ARGS)
+
+# The peer benchmark (not in CI): TorchServe 0.12 in a virtualenv of its own, on Debian's Java 17.
+# It holds seqpredict too (editable): the handler loads our checkpoint with it and the driver reuses
+# bench/loadgen.py and the reference model. torch is pinned exactly, as above.
+.PHONY: bench-peers bench-peers-short java-runtime
+TS_VENV := bench/peers/.venv-torchserve
+TS_STAMP := $(TS_VENV)/.installed
+TS_STUBS := $(TS_VENV)/ts-grpc/inference_pb2.py
+TS_PACKAGES := torch==2.13.0 'torchserve==0.12.*' 'torch-model-archiver==0.12.*' \
+	pyyaml lru-dict grpcio grpcio-tools googleapis-common-protos
+
+java-runtime:
+	@if ! command -v java >/dev/null; then \
+	  sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+	  echo "installing from Debian: openjdk-17-jre-headless"; \
+	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends openjdk-17-jre-headless; \
+	fi
+
+$(TS_STAMP): pyproject.toml Makefile | $(STAMP)
+	$(PYTHON) -m venv $(TS_VENV)
+	$(TS_VENV)/bin/pip install --quiet --upgrade pip
+	$(TS_VENV)/bin/pip install --quiet $(TS_PACKAGES) -e .
+	touch $@
+
+# TorchServe's gRPC client code, generated from the proto inside its installed jar (never committed).
+$(TS_STUBS): $(TS_STAMP) bench/peers/torchserve/stubs.py
+	$(TS_VENV)/bin/python bench/peers/torchserve/stubs.py $(TS_VENV)/ts-grpc
+
+bench-peers: install java-runtime $(TS_STUBS)
+	$(PY) bench/peers/run.py $(PEERS_ARGS)
+
+bench-peers-short: install java-runtime $(TS_STUBS)
+	$(PY) bench/peers/run.py --short $(PEERS_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache protos/seqpredict/v1/*_pb2*.py protos/seqpredict/v1/*_pb2*.pyi

@@ -21,6 +21,9 @@ TORCHSERVE_REFERENCE = (
 
 
 ANALYSIS = Path(__file__).resolve().parent / "ANALYSIS.md"
+# Written by `make bench-peers` (bench/peers/): TorchServe measured side by side, in a run of its own.
+PEERS = Path(__file__).resolve().parent / "PEERS.md"
+PEERS_LINK = "Measured side by side with ours in the same run by `make bench-peers`: **[PEERS.md](PEERS.md)**.\n"
 
 
 def _num(value: float | None, digits: int = 0) -> str:
@@ -171,6 +174,7 @@ def render(results: dict[str, Any], targets: list[Target], png_name: str) -> str
         "## Reference: TorchServe",
         "",
         TORCHSERVE_REFERENCE,
+        *([PEERS_LINK] if PEERS.exists() else []),
         "## Plot",
         "",
         f"![throughput, p99 and server CPU per token against C]({png_name})",
