@@ -9,6 +9,7 @@ import grpc
 import pytest
 
 from seqpredict.v1 import seqpredict_pb2 as pb
+from tests.bystanders import unique_id
 from tests.conftest import RunningServer
 
 
@@ -80,5 +81,27 @@ def test_idle_sessions_expire_after_the_ttl_and_get_session_says_when():
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
         assert feed(stub, "idle", "d", expected_position=3).error.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
         assert not feed(stub, "busy", "a").created
+    finally:
+        server.stop()
+
+
+def test_get_session_inspects_without_keeping_the_session_alive():
+    """A monitor polling a session must not refresh its last use, its expiry or its place in the
+    eviction order: after GetSession, the session is still the least recently used."""
+    server = RunningServer(max_sessions=2)
+    try:
+        stub = server.stub()
+        watched, busy = unique_id("watched"), unique_id("busy")
+        feed(stub, watched, "a")
+        feed(stub, busy, "b")
+        first = stub.GetSession(pb.GetSessionRequest(session_id=watched), timeout=30)
+        time.sleep(1.1)  # a later GetSession would show a later last use if it touched the session
+        second = stub.GetSession(pb.GetSessionRequest(session_id=watched), timeout=30)
+        assert second.last_used_at == first.last_used_at and second.expires_at == first.expires_at
+        feed(stub, unique_id("newcomer"), "c")  # the limit evicts the least recently *used* session
+        with pytest.raises(grpc.RpcError) as err:
+            stub.GetSession(pb.GetSessionRequest(session_id=watched), timeout=30)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        assert stub.GetSession(pb.GetSessionRequest(session_id=busy), timeout=30).position == 1
     finally:
         server.stop()

@@ -51,6 +51,8 @@ HEALTH_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 STATE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # File descriptors kept free beyond max_connections: snapshots, the metrics port, the checkpoint, logs.
 FD_RESERVE = 256
+# At the end of a drain, how long open health Watch streams get to deliver NOT_SERVING.
+HEALTH_NOTICE_S = 0.5
 # A connection that has not finished its HTTP/2 (and TLS) handshake after this long is closed.
 HANDSHAKE_TIMEOUT_MS = 10_000
 
@@ -111,7 +113,10 @@ class App:
         deadline = loop.time() + grace
         while self.admission.active > 0 and loop.time() < deadline:
             await asyncio.sleep(0.05)
-        await self.server.stop(max(0.0, deadline - loop.time()))  # cancels whatever is still open
+        # Whatever is still open now is a call past the grace period or a health Watch, which never
+        # ends by itself and must not hold the drain: cancelled after a moment in which Watch streams
+        # deliver NOT_SERVING (gRPC returns at once when nothing is open).
+        await self.server.stop(min(HEALTH_NOTICE_S, max(0.0, deadline - loop.time())))
         await loop.run_in_executor(None, self.scheduler.stop)
         # The inference thread has ended: the pool is ours to read now.
         saved = True
