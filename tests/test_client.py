@@ -340,6 +340,8 @@ def test_retries_only_for_idempotent_methods() -> None:
         == {
             ("seqpredict.v1.SequencePredictor", "GetSession"),
             ("seqpredict.v1.SequencePredictor", "GetModelInfo"),
+            ("seqpredict.v1.SequencePredictor", "ExportSession"),
+            ("seqpredict.v1.SequencePredictor", "ListSessions"),
             ("grpc.health.v1.Health", "Check"),
         }
     )

@@ -2,6 +2,8 @@
 
 from seqpredict.client.aio import AsyncClient, AsyncSession
 from seqpredict.client.errors import (
+    Aborted,
+    AlreadyExists,
     Cancelled,
     DeadlineExceeded,
     InvalidArgument,
@@ -17,6 +19,7 @@ from seqpredict.client.generation import AsyncGeneration, Generation
 from seqpredict.client.requests import FeedRequest
 from seqpredict.client.sync import Client, Session
 from seqpredict.client.types import (
+    ExportedSession,
     GeneratedToken,
     ModelInfo,
     Prediction,
@@ -26,12 +29,15 @@ from seqpredict.client.types import (
 )
 
 __all__ = [
+    "Aborted",
+    "AlreadyExists",
     "AsyncClient",
     "AsyncGeneration",
     "AsyncSession",
     "Cancelled",
     "Client",
     "DeadlineExceeded",
+    "ExportedSession",
     "FeedRequest",
     "GeneratedToken",
     "Generation",

@@ -32,12 +32,15 @@ from seqpredict.client.requests import (
     answer,
     answers,
     as_feed,
+    export_request,
+    fork_request,
+    generate_request,
     many_request,
     only,
     predict_request,
 )
 from seqpredict.client.tracking import PositionTracker
-from seqpredict.client.types import ModelInfo, Prediction, SessionInfo
+from seqpredict.client.types import ExportedSession, ModelInfo, Prediction, SessionInfo
 from seqpredict.v1 import seqpredict_pb2 as pb
 from seqpredict.v1 import seqpredict_pb2_grpc as pb_grpc
 
@@ -113,6 +116,43 @@ class AsyncClient:
             raise from_rpc_error(exc) from exc
         return answers(only(replies), feeds)
 
+    async def fork_session(
+        self,
+        source: str,
+        target: str,
+        *,
+        replace: bool = False,
+        expected_position: int | None = None,
+        expected_incarnation: int | None = None,
+    ) -> SessionInfo:
+        """See `Client.fork_session`."""
+        req = fork_request(source, target, replace, (expected_position, expected_incarnation))
+        return SessionInfo.from_pb(await self._unary(self._stub.ForkSession, req, source))
+
+    async def export_session(
+        self, session_id: str, *, expected_position: int | None = None, expected_incarnation: int | None = None
+    ) -> ExportedSession:
+        """See `Client.export_session`."""
+        req = export_request(session_id, (expected_position, expected_incarnation))
+        return ExportedSession.from_pb(await self._unary(self._stub.ExportSession, req, session_id))
+
+    async def import_session(self, blob: bytes, session_id: str | None = None, *, force: bool = False) -> SessionInfo:
+        """See `Client.import_session`."""
+        req = pb.ImportSessionRequest(session_id=session_id or "", blob=blob, force=force)
+        return SessionInfo.from_pb(await self._unary(self._stub.ImportSession, req, session_id))
+
+    async def list_sessions(self, prefix: str = "", *, page_size: int = 0) -> AsyncIterator[SessionInfo]:
+        """See `Client.list_sessions`."""
+        token = ""
+        while True:
+            req = pb.ListSessionsRequest(prefix=prefix, page_size=page_size, page_token=token)
+            page = await self._unary(self._stub.ListSessions, req)
+            for s in page.sessions:
+                yield SessionInfo.from_pb(s)
+            token = page.next_page_token
+            if not token:
+                return
+
     async def _unary(self, method: Any, request: Any, session_id: str | None = None) -> Any:
         try:
             return await method(request, timeout=self.timeout, metadata=self._metadata)
@@ -171,13 +211,10 @@ class AsyncSession:
         end: bool = False,
         expected_position: int | None = None,
         expected_incarnation: int | None = None,
+        score: bool = False,
     ) -> Prediction:
-        """Feed text (a str) or token ids and return the next-token prediction; empty input feeds nothing.
-
-        An error answered by the server raises its typed exception (InvalidArgument,
-        PositionMismatch, ...), and then nothing was computed and `position` is unchanged.
-        """
-        feed = FeedRequest(tokens_or_text, top_k, all_steps, reset, end, expected_position, expected_incarnation)
+        """See `Session.feed`."""
+        feed = FeedRequest(tokens_or_text, top_k, all_steps, reset, end, expected_position, expected_incarnation, score)
         await self._sync_position()
         req = predict_request(
             self.session_id, feed, self._tracker.expected(expected_position, expected_incarnation, reset)
@@ -291,7 +328,14 @@ class AsyncSession:
             expected_position,
             expected_incarnation,
         )
-        return AsyncGeneration(self, opts, timeout)
+
+        async def start() -> aio.UnaryStreamCall:
+            await self._sync_position()
+            guard = self._tracker.expected(opts.expected_position, opts.expected_incarnation, opts.reset)
+            req = generate_request(self.session_id, opts, guard)
+            return self.client._stub.Generate(req, timeout=timeout, metadata=self.client._metadata)
+
+        return AsyncGeneration(self.session_id, self._tracker, opts.end, start, self._after_cancel)
 
     async def generate_text(self, max_tokens: int, **options: Any) -> str:
         """The whole generated text of `generate(max_tokens, **options)`."""
@@ -311,6 +355,27 @@ class AsyncSession:
         except NotFound:
             self._tracker.observe(0, 0, ended=True)
             return 0
+
+    async def fork(self, target: str, *, replace: bool = False) -> AsyncSession:
+        """See `Session.fork`."""
+        await self._sync_position()
+        guard = self._tracker.expected(None, None, reset=False)
+        info = await self.client.fork_session(
+            self.session_id, target, replace=replace, expected_position=guard[0], expected_incarnation=guard[1]
+        )
+        return AsyncSession(
+            self.client, target, strict=self.strict, position=info.position, incarnation=info.incarnation
+        )
+
+    async def export(self) -> ExportedSession:
+        """See `Session.export`."""
+        await self._sync_position()
+        position, incarnation = self._tracker.expected(None, None, reset=False)
+        exported = await self.client.export_session(
+            self.session_id, expected_position=position, expected_incarnation=incarnation
+        )
+        self._tracker.observe(exported.info.position, exported.info.incarnation, ended=False)
+        return exported
 
     async def end(self) -> int:
         """Release the session on the server and return its final position; NotFound when it does not exist."""

@@ -29,6 +29,8 @@ RECEIVE_LIMIT_METADATA = "seqpredict-max-receive-bytes"
 RETRYABLE_METHODS: tuple[tuple[str, str], ...] = (
     (SERVICE, "GetSession"),
     (SERVICE, "GetModelInfo"),
+    (SERVICE, "ExportSession"),
+    (SERVICE, "ListSessions"),
     (HEALTH_SERVICE, "Check"),
 )
 

@@ -64,6 +64,18 @@ class NotFound(SeqpredictError):
     default_code = grpc.StatusCode.NOT_FOUND
 
 
+class AlreadyExists(SeqpredictError):
+    """ForkSession onto a session that exists; pass replace=True to overwrite it."""
+
+    default_code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class Aborted(SeqpredictError):
+    """The operation collided with a request in progress on the session; nothing changed, retry."""
+
+    default_code = grpc.StatusCode.ABORTED
+
+
 class ResourceExhausted(SeqpredictError):
     """A server limit was hit (sessions, queues, message size); back off or split the work."""
 
@@ -104,6 +116,8 @@ _CLASSES: dict[grpc.StatusCode, type[SeqpredictError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
     grpc.StatusCode.FAILED_PRECONDITION: PositionMismatch,
     grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
+    grpc.StatusCode.ABORTED: Aborted,
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
     grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,

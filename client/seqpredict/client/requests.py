@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from seqpredict.client.errors import SeqpredictError, ServerError, from_request_error
 from seqpredict.client.types import Prediction
@@ -34,6 +34,7 @@ class FeedRequest:
     end: bool = False  # release the session after answering
     expected_position: int | None = None  # fail with PositionMismatch unless the session is here
     expected_incarnation: int | None = None  # ... and is this history of it (0: must not exist)
+    score: bool = False  # also return each token's log-probability under the state before it
 
     @property
     def num_tokens(self) -> int:
@@ -60,7 +61,12 @@ Guard = tuple[int | None, int | None]
 def predict_request(session_id: str, feed: FeedRequest, guard: Guard, request_id: int = 0) -> pb.PredictRequest:
     """`guard` is what to send (the feed's own, or the strict session's)."""
     req = pb.PredictRequest(
-        session_id=session_id, all_steps=feed.all_steps, reset=feed.reset, end=feed.end, request_id=request_id
+        session_id=session_id,
+        all_steps=feed.all_steps,
+        reset=feed.reset,
+        end=feed.end,
+        request_id=request_id,
+        score=feed.score,
     )
     _set_input(req, "tokens", "text", feed.input)
     if feed.top_k is not None:
@@ -69,7 +75,19 @@ def predict_request(session_id: str, feed: FeedRequest, guard: Guard, request_id
     return req
 
 
-def _set_guard(req: pb.PredictRequest | pb.GenerateRequest, guard: Guard) -> None:
+def fork_request(source: str, target: str, replace: bool, guard: Guard) -> pb.ForkSessionRequest:
+    req = pb.ForkSessionRequest(source_session_id=source, target_session_id=target, replace=replace)
+    _set_guard(req, guard)
+    return req
+
+
+def export_request(session_id: str, guard: Guard) -> pb.ExportSessionRequest:
+    req = pb.ExportSessionRequest(session_id=session_id)
+    _set_guard(req, guard)
+    return req
+
+
+def _set_guard(req: Any, guard: Guard) -> None:
     position, incarnation = guard
     if position is not None:
         req.expected_position = position
@@ -136,7 +154,7 @@ def answer(resp: pb.PredictResponse, feed: FeedRequest) -> Prediction | Seqpredi
     """A response as a Prediction, or the exception its in-band error stands for."""
     if resp.HasField("error"):
         return from_request_error(resp.error.code, resp.error.message, resp.position, resp.session_id, resp.incarnation)
-    return Prediction.from_pb(resp, all_steps=feed.all_steps)
+    return Prediction.from_pb(resp, all_steps=feed.all_steps, score=feed.score)
 
 
 def answers(reply: pb.PredictManyResponse, feeds: list[FeedRequest]) -> list[Prediction | SeqpredictError]:

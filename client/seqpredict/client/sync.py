@@ -29,12 +29,15 @@ from seqpredict.client.requests import (
     answer,
     answers,
     as_feed,
+    export_request,
+    fork_request,
+    generate_request,
     many_request,
     only,
     predict_request,
 )
 from seqpredict.client.tracking import PositionTracker
-from seqpredict.client.types import ModelInfo, Prediction, SessionInfo
+from seqpredict.client.types import ExportedSession, ModelInfo, Prediction, SessionInfo
 from seqpredict.v1 import seqpredict_pb2 as pb
 from seqpredict.v1 import seqpredict_pb2_grpc as pb_grpc
 
@@ -122,6 +125,46 @@ class Client:
             raise from_rpc_error(exc) from exc
         return answers(reply, feeds)
 
+    def fork_session(
+        self,
+        source: str,
+        target: str,
+        *,
+        replace: bool = False,
+        expected_position: int | None = None,
+        expected_incarnation: int | None = None,
+    ) -> SessionInfo:
+        """Copy `source` (state and position, after all its earlier requests) to `target`, as a new
+        incarnation; the source is unchanged. AlreadyExists when the target exists, unless `replace`;
+        NotFound without a source; PositionMismatch when the guard differs."""
+        req = fork_request(source, target, replace, (expected_position, expected_incarnation))
+        return SessionInfo.from_pb(self._unary(self._stub.ForkSession, req, source))
+
+    def export_session(
+        self, session_id: str, *, expected_position: int | None = None, expected_incarnation: int | None = None
+    ) -> ExportedSession:
+        """The session's whole state as a self-describing blob; the session is unchanged."""
+        req = export_request(session_id, (expected_position, expected_incarnation))
+        return ExportedSession.from_pb(self._unary(self._stub.ExportSession, req, session_id))
+
+    def import_session(self, blob: bytes, session_id: str | None = None, *, force: bool = False) -> SessionInfo:
+        """Install an exported state (under `session_id`, or the name it was exported under), with the
+        position and incarnation it had. Over an existing session only when it is exactly that state,
+        unless `force`: PositionMismatch when it moved on or is another history of it."""
+        req = pb.ImportSessionRequest(session_id=session_id or "", blob=blob, force=force)
+        return SessionInfo.from_pb(self._unary(self._stub.ImportSession, req, session_id))
+
+    def list_sessions(self, prefix: str = "", *, page_size: int = 0) -> Iterator[SessionInfo]:
+        """Every session whose id starts with `prefix`, in name order, fetched a page at a time."""
+        token = ""
+        while True:
+            req = pb.ListSessionsRequest(prefix=prefix, page_size=page_size, page_token=token)
+            page = self._unary(self._stub.ListSessions, req)
+            yield from (SessionInfo.from_pb(s) for s in page.sessions)
+            token = page.next_page_token
+            if not token:
+                return
+
     def _unary(self, method: Any, request: Any, session_id: str | None = None) -> Any:
         try:
             return method(request, timeout=self.timeout, metadata=self._metadata)
@@ -185,13 +228,15 @@ class Session:
         end: bool = False,
         expected_position: int | None = None,
         expected_incarnation: int | None = None,
+        score: bool = False,
     ) -> Prediction:
         """Feed text (a str) or token ids and return the next-token prediction; empty input feeds nothing.
 
-        An error answered by the server raises its typed exception (InvalidArgument,
+        `score`: also return each token's log-probability under the state before it (surprisal,
+        perplexity). An error answered by the server raises its typed exception (InvalidArgument,
         PositionMismatch, ...), and then nothing was computed and `position` is unchanged.
         """
-        feed = FeedRequest(tokens_or_text, top_k, all_steps, reset, end, expected_position, expected_incarnation)
+        feed = FeedRequest(tokens_or_text, top_k, all_steps, reset, end, expected_position, expected_incarnation, score)
         self._sync_position()
         req = predict_request(
             self.session_id, feed, self._tracker.expected(expected_position, expected_incarnation, reset)
@@ -294,7 +339,14 @@ class Session:
             expected_position,
             expected_incarnation,
         )
-        return Generation(self, opts, timeout)
+
+        def start() -> Any:
+            self._sync_position()
+            guard = self._tracker.expected(opts.expected_position, opts.expected_incarnation, opts.reset)
+            req = generate_request(self.session_id, opts, guard)
+            return self.client._stub.Generate(req, timeout=timeout, metadata=self.client._metadata)
+
+        return Generation(self.session_id, self._tracker, opts.end, start, self._after_cancel)
 
     def generate_text(self, max_tokens: int, **options: Any) -> str:
         """The whole generated text of `generate(max_tokens, **options)`."""
@@ -317,6 +369,26 @@ class Session:
         except NotFound:
             self._tracker.observe(0, 0, ended=True)
             return 0
+
+    def fork(self, target: str, *, replace: bool = False) -> Session:
+        """A copy of this session under `target` (strict: only from the state this handle expects),
+        as a handle on the copy with the same strictness and a known position and incarnation."""
+        self._sync_position()
+        guard = self._tracker.expected(None, None, reset=False)
+        info = self.client.fork_session(
+            self.session_id, target, replace=replace, expected_position=guard[0], expected_incarnation=guard[1]
+        )
+        return Session(self.client, target, strict=self.strict, position=info.position, incarnation=info.incarnation)
+
+    def export(self) -> ExportedSession:
+        """This session's whole state as a blob (strict: only the state this handle expects)."""
+        self._sync_position()
+        position, incarnation = self._tracker.expected(None, None, reset=False)
+        exported = self.client.export_session(
+            self.session_id, expected_position=position, expected_incarnation=incarnation
+        )
+        self._tracker.observe(exported.info.position, exported.info.incarnation, ended=False)
+        return exported
 
     def end(self) -> int:
         """Release the session on the server and return its final position; NotFound when it does not exist."""

@@ -7,6 +7,7 @@ touches generated protobuf classes.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -54,6 +55,16 @@ class Prediction:
     request_id: int
     # Which history of the session this is: changes when it is reset or created again.
     incarnation: int = 0
+    # With score=True: each input token's log-probability under the state before it, and their sum.
+    token_log_probs: tuple[float, ...] | None = None
+    log_prob_sum: float | None = None
+
+    @property
+    def perplexity(self) -> float | None:
+        """exp(-mean log-probability) of the scored input (None without score or input)."""
+        if not self.token_log_probs or self.log_prob_sum is None:
+            return None
+        return math.exp(-self.log_prob_sum / len(self.token_log_probs))
 
     @property
     def top(self) -> TokenProbability:
@@ -61,11 +72,21 @@ class Prediction:
         return self.next[0]
 
     @classmethod
-    def from_pb(cls, msg: pb.PredictResponse, *, all_steps: bool = False) -> Prediction:
+    def from_pb(cls, msg: pb.PredictResponse, *, all_steps: bool = False, score: bool = False) -> Prediction:
         # `steps` is empty both without all_steps and for an empty input: the request tells them apart.
         steps = tuple(_top(step.top) for step in msg.steps) if all_steps else None
+        scores = tuple(msg.token_log_probs) if score else None
         return cls(
-            msg.session_id, msg.position, msg.created, _top(msg.next), steps, msg.ended, msg.request_id, msg.incarnation
+            msg.session_id,
+            msg.position,
+            msg.created,
+            _top(msg.next),
+            steps,
+            msg.ended,
+            msg.request_id,
+            msg.incarnation,
+            scores,
+            msg.log_prob_sum if score else None,
         )
 
 
@@ -83,6 +104,7 @@ class GeneratedToken:
     # Probability under the model before temperature and filtering.
     probability: float
     incarnation: int = 0
+    log_probability: float = 0.0  # natural log of `probability`
 
     @classmethod
     def from_pb(cls, msg: pb.GenerateResponse) -> GeneratedToken:
@@ -95,7 +117,21 @@ class GeneratedToken:
             stop=msg.stop or None,
             probability=msg.probability,
             incarnation=msg.incarnation,
+            log_probability=msg.log_probability,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class ExportedSession:
+    """A session's whole state: `blob` is opaque bytes to keep and give back to `import_session`
+    (on this server or another serving the same model); `info` is the session as exported."""
+
+    blob: bytes
+    info: SessionInfo
+
+    @classmethod
+    def from_pb(cls, msg: pb.ExportSessionResponse) -> ExportedSession:
+        return cls(msg.blob, SessionInfo.from_pb(msg.session))
 
 
 def _datetime(ts: Timestamp) -> datetime:

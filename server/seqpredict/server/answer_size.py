@@ -44,10 +44,12 @@ class AnswerSizer:
         body = (1 + varint_size(self.vocab_size)) + _field(self.longest_text) + 5 + 5
         return _field(body)
 
-    def predict(self, session_id: str, tokens: int, top_k: int, all_steps: bool) -> int:
-        """A PredictResponse: bookkeeping, `next`, and with all_steps one StepPrediction per token."""
+    def predict(self, session_id: str, tokens: int, top_k: int, all_steps: bool, score: bool) -> int:
+        """A PredictResponse: bookkeeping, `next`, with all_steps one StepPrediction per token, with
+        score one packed float per token and their sum."""
         top = top_k * self.token_probability()
         steps = tokens * _field(top) if all_steps else 0
+        steps += _field(4 * tokens) + 9 if score else 0
         bookkeeping = _field(len(session_id.encode())) + 4 * (1 + _VARINT_MAX) + 3 * 2  # position, request
         # id, incarnation, error code; created, ended, one spare flag
         return bookkeeping + max(top + steps, _ERROR_BYTES + len(session_id.encode()))

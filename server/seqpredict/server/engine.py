@@ -39,7 +39,7 @@ from seqpredict.server.sessions import SessionPool
 log = logging.getLogger(__name__)
 
 Delivery = tuple[Job, object]
-KINDS = ("predict", "generate", "session")
+KINDS = ("predict", "generate", "session", "fork", "export", "import", "list")
 
 
 @dataclass(slots=True)
@@ -57,7 +57,8 @@ class _Segment:
     begin: int  # index of its first token in the row
     end: int
     points: range = range(0)  # row-relative indices of the logits it needs (-1: before the row)
-    first_need: int = 0  # where its points start in the batch's list of needed logits
+    top_count: int = 0  # how many of them, at the end, want top-k
+    first_need: int = 0  # where its points start in the group's list of needed logits
 
 
 @dataclass(eq=False, slots=True)
@@ -69,6 +70,7 @@ class _Row:
     segments: list[_Segment] = field(default_factory=list)
     sample: Sampling | None = None
     sampled_probability: float = 0.0
+    sampled_log_probability: float = 0.0
 
 
 class Engine:
@@ -129,6 +131,7 @@ class Engine:
                     if payload is not None:
                         self._answer(job, payload, out, time.perf_counter())
                         job.done = True
+                        self._ok[job.kind].inc()
                         continue
                 chunk = job.chunk(allotted)
             except RequestFailed as exc:
@@ -146,7 +149,8 @@ class Engine:
             if chunk.sample is not None:
                 row.sample = chunk.sample
                 end = begin + 1  # the sampled token, filled in before the step
-            row.segments.append(_Segment(job, chunk, begin, end, _points(chunk, begin, end)))
+            points, top_count = _points(chunk, begin, end)
+            row.segments.append(_Segment(job, chunk, begin, end, points, top_count))
             pending += end - begin
         return row
 
@@ -185,16 +189,16 @@ class Engine:
             fresh = self.model.next_logits(tuple(s[:, [picks[j] for j in missing]] for s in state))
             for n, j in enumerate(missing):
                 samplings[j].prior = fresh[n]
-        tokens, probs = sample(
+        tokens, probs, logps = sample(
             torch.stack([s.prior for s in samplings]),
             [s.temperature for s in samplings],
             [s.top_k for s in samplings],
             [s.top_p for s in samplings],
             [s.uniform for s in samplings],
         )
-        for i, token, prob in zip(picks, tokens, probs, strict=True):
+        for i, token, prob, logp in zip(picks, tokens, probs, logps, strict=True):
             rows[i].tokens = [token]
-            rows[i].sampled_probability = prob
+            rows[i].sampled_probability, rows[i].sampled_log_probability = prob, logp
 
     # -- whole chunks: nn.LSTM over the sequence --------------------------------------------------------
     def _run_chunk(self, group: list[_Row], hidden: dict[int, Tensor]) -> None:
@@ -242,7 +246,8 @@ class Engine:
     # -- results -----------------------------------------------------------------------------------------
     def _finish(self, rows: list[_Row], logits: Tensor | None, out: list[Delivery]) -> None:
         """Advance positions, then let every job absorb its share: top-k, kept logits, sampled token."""
-        tops = self._topk(rows, logits) if logits is not None else []
+        tops, scores = self._read(rows, logits) if logits is not None else ([], [])
+        scored = 0
         counts = [len(r.tokens) for r in rows]
         ends = self.pool.advance_all([r.slot for r in rows], counts)  # one vectorised update
         ops, pool, now = self.ops, self.pool, time.perf_counter()
@@ -254,12 +259,18 @@ class Engine:
                 chunk, job = seg.chunk, seg.job
                 fed = seg.end - seg.begin
                 output = StepOutput(base + seg.end, incarnation, fed)
+                last = seg.first_need + len(seg.points)  # one past its last logits row
                 if chunk.top_k:
-                    output.top = tops[seg.first_need : seg.first_need + len(seg.points)]
+                    output.top = tops[last - seg.top_count : last]
                 if chunk.keep_logits and logits is not None:
-                    output.logits = logits[seg.first_need + len(seg.points) - 1]
+                    output.logits = logits[last - 1]
+                if chunk.score:
+                    output.scores = scores[scored : scored + fed]
+                    scored += fed
                 if chunk.sample is not None:
-                    output.sampled, output.sampled_probability = r.tokens[0], r.sampled_probability
+                    output.sampled = r.tokens[0]
+                    output.sampled_probability = r.sampled_probability
+                    output.sampled_log_probability = r.sampled_log_probability
                     generated += 1
                 else:
                     consumed += fed
@@ -280,20 +291,31 @@ class Engine:
         if generated:
             self.metrics.tokens_generated.inc(generated)
 
-    def _topk(self, rows: list[_Row], logits: Tensor) -> list[TopK]:
-        """Top-k of every needed logits row (k of its job; rows of jobs without top-k are skipped)."""
+    def _read(self, rows: list[_Row], logits: Tensor) -> tuple[list[TopK], list[float]]:
+        """From one log-softmax of the group's logits: the top-k of every needed row (k of its job; 0:
+        none) and, for scoring chunks, each token's log-probability under the state before it."""
         ks: list[int] = []
+        score_rows: list[int] = []
+        score_tokens: list[int] = []
         for r in rows:
             for seg in r.segments:
-                ks.extend([seg.chunk.top_k] * len(seg.points))
+                n, k = len(seg.points), seg.chunk.top_k
+                ks.extend([0] * (n - seg.top_count) + [k] * seg.top_count if k else [0] * n)
+                if seg.chunk.score and seg.end > seg.begin:  # its first points are the states before each token
+                    score_rows.extend(range(seg.first_need, seg.first_need + seg.end - seg.begin))
+                    score_tokens.extend(r.tokens[seg.begin : seg.end])
         k_max = max(ks)
+        if k_max == 0 and not score_rows:
+            return [], []
+        logp_all = torch.log_softmax(logits, dim=-1)  # (N, V)
+        scores = logp_all[score_rows, score_tokens].tolist() if score_rows else []
         if k_max == 0:
-            return []
-        logp, indices = torch.log_softmax(logits, dim=-1).topk(k_max, dim=-1)  # (N, k)
+            return [], scores
+        logp, indices = logp_all.topk(k_max, dim=-1)  # (N, k)
         ids, probs, logps = indices.tolist(), logp.exp().tolist(), logp.tolist()
         if all(k == k_max for k in ks):  # the common case, kept free of per-row slicing
-            return list(zip(ids, probs, logps, strict=True))
-        return [(i[:k], p[:k], lp[:k]) for i, p, lp, k in zip(ids, probs, logps, ks, strict=True)]
+            return list(zip(ids, probs, logps, strict=True)), scores
+        return [(i[:k], p[:k], lp[:k]) for i, p, lp, k in zip(ids, probs, logps, ks, strict=True)], scores
 
     def discard(self, session_ids: list[str]) -> None:
         """Drop sessions whose state a failed batch may have left half-updated: better lost than wrong."""
@@ -312,11 +334,19 @@ class Engine:
             self.model.features(torch.zeros(1, 8, dtype=torch.long), state)
 
 
-def _points(chunk: Chunk, begin: int, end: int) -> range:
-    """Row-relative indices of the logits a chunk needs: after each of its tokens (every_step), or
-    after its last one (answer) — which, for a chunk that feeds nothing, is the state before it."""
+def _points(chunk: Chunk, begin: int, end: int) -> tuple[range, int]:
+    """Row-relative indices of the logits a chunk needs, and how many of them (at the end) want top-k.
+
+    Scoring needs the state before each token (begin - 1 ... end - 2); all_steps the state after each
+    (begin ... end - 1); an answer the state after the last token — which, for a chunk that feeds
+    nothing, is the state before it. Together they are always one contiguous range.
+    """
+    after_last = chunk.answer or chunk.keep_logits or chunk.every_step
+    top_count = (end - begin) if chunk.every_step else (1 if chunk.answer else 0)
+    if chunk.score:
+        return range(begin - 1, end if after_last else end - 1), top_count
     if chunk.every_step:
-        return range(begin, end)
-    if chunk.answer or chunk.keep_logits:
-        return range(end - 1, end)
-    return range(0)
+        return range(begin, end), top_count
+    if after_last:
+        return range(end - 1, end), top_count
+    return range(0), 0

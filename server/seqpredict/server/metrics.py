@@ -19,8 +19,9 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 RPC_LABELS = ("grpc_service", "grpc_method", "grpc_type")
 
 # Reasons a session ends; a closed set so dashboards and alerts can rely on it. "error": dropped
-# because a failed engine batch may have left its state half-updated.
-END_REASONS = ("end", "ttl", "capacity", "shutdown", "error")
+# because a failed engine batch may have left its state half-updated. "replaced": overwritten by
+# ForkSession or ImportSession.
+END_REASONS = ("end", "ttl", "capacity", "shutdown", "error", "replaced")
 
 
 class Metrics:

@@ -8,9 +8,22 @@ never touches it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from torch import Tensor
+
 from seqpredict.server.errors import Code, RequestFailed
 from seqpredict.server.metrics import Metrics
 from seqpredict.server.sessions import NO_INCARNATION, SessionPool, SessionRecord
+
+
+@dataclass(frozen=True)
+class SessionState:
+    """One session's whole state, as export hands it out and import takes it in."""
+
+    position: int
+    incarnation: int
+    tensors: list[Tensor]  # each (num_layers, hidden), in the order of the model's state names
 
 
 class SessionOps:
@@ -84,6 +97,84 @@ class SessionOps:
         self.busy.discard(slot)  # type: ignore[arg-type]
         self.pool.release(session_id, reason)
         return record
+
+    def guarded(self, session_id: str, expected_position: int | None, expected_incarnation: int | None) -> int:
+        """The slot of an existing session that passes the guard (NOT_FOUND / FAILED_PRECONDITION otherwise)."""
+        slot = self.pool.slot(session_id)
+        if slot is None:
+            raise not_found(session_id)
+        position, incarnation = self.pool.position(slot), self.pool.incarnation(slot)
+        if (expected_position is not None and position != expected_position) or (
+            expected_incarnation is not None and incarnation != expected_incarnation
+        ):
+            raise mismatch(session_id, position, incarnation, expected_position, expected_incarnation)
+        return slot
+
+    def fork(
+        self,
+        source: str,
+        target: str,
+        expected_position: int | None,
+        expected_incarnation: int | None,
+        replace: bool,
+    ) -> SessionRecord:
+        """`target` becomes a copy of `source`'s state and position, as a new incarnation; the source is untouched."""
+        slot = self.guarded(source, expected_position, expected_incarnation)
+        self.pinned.add(slot)
+        state = self.pool.read_state(slot)
+        return self._put(target, SessionState(self.pool.position(slot), self.pool.new_incarnation(), state), replace)
+
+    def export(self, session_id: str, expected_position: int | None, expected_incarnation: int | None) -> SessionState:
+        """A copy of the session's state; the session is untouched (not even its last use)."""
+        slot = self.guarded(session_id, expected_position, expected_incarnation)
+        return SessionState(self.pool.position(slot), self.pool.incarnation(slot), self.pool.read_state(slot))
+
+    def import_(self, session_id: str, state: SessionState, force: bool) -> SessionRecord:
+        """Install `state` as `session_id`. Over an existing session only when it is exactly the exported
+        state (same incarnation and position) or `force`: importing over a session that moved on, or
+        over another history of it, would silently throw work away."""
+        slot = self.pool.slot(session_id)
+        if slot is not None and not force:
+            position, incarnation = self.pool.position(slot), self.pool.incarnation(slot)
+            if incarnation != state.incarnation:
+                raise RequestFailed(
+                    Code.FAILED_PRECONDITION,
+                    f"session {session_id!r} exists as another history (incarnation {incarnation}, the blob's is"
+                    f" {state.incarnation}); nothing imported (set force to replace it)",
+                    position,
+                    incarnation=incarnation,
+                )
+            if position != state.position:
+                raise RequestFailed(
+                    Code.FAILED_PRECONDITION,
+                    f"session {session_id!r} moved on since the export (position {position}, exported at"
+                    f" {state.position}); nothing imported (set force to replace it)",
+                    position,
+                    incarnation=incarnation,
+                )
+        return self._put(session_id, state, replace=True)
+
+    def _put(self, session_id: str, state: SessionState, replace: bool) -> SessionRecord:
+        slot = self.pool.slot(session_id)
+        if slot is not None:
+            if not replace:
+                raise RequestFailed(Code.ALREADY_EXISTS, f"session {session_id!r} already exists (set replace)")
+            if slot in self.busy:
+                raise RequestFailed(
+                    Code.ABORTED, f"session {session_id!r} is in the middle of a request; nothing changed, retry"
+                )
+            self.pool.release(session_id, "replaced")
+        slot, _ = self.pool.acquire(session_id, self.pinned, self.now)
+        self.pinned.add(slot)
+        self.metrics.sessions_created.inc()
+        self.pool.write_state(slot, state.tensors, state.position, state.incarnation)
+        return self.record(session_id)
+
+    def list(self, prefix: str, after: str, limit: int) -> tuple[list[SessionRecord], bool]:
+        """A page of sessions in name order → (records, whether more follow)."""
+        ids = self.pool.ids_after(after, prefix, limit + 1)
+        records = [r for sid in ids[:limit] if (r := self.pool.record(sid)) is not None]
+        return records, len(ids) > limit
 
 
 def not_found(session_id: str) -> RequestFailed:

@@ -13,15 +13,15 @@ from torch import Tensor
 
 def sample(
     logits: Tensor, temperature: list[float], top_k: list[int], top_p: list[float], uniform: list[float]
-) -> tuple[list[int], list[float]]:
-    """logits (G, V) → (token per row, its probability under the untempered model).
+) -> tuple[list[int], list[float], list[float]]:
+    """logits (G, V) → (token per row, its probability and log-probability under the untempered model).
 
     Runs on the inference thread, where autograd is off.
 
     temperature 0 is greedy; top_k 0 means no limit; top_p 1 means no nucleus cut.
     """
     _G, V = logits.shape
-    probs = torch.softmax(logits, dim=-1)  # (G, V), reported back to the client
+    logp = torch.log_softmax(logits, dim=-1)  # (G, V), reported back to the client
     temps = torch.tensor(temperature, dtype=logits.dtype).unsqueeze(1)  # (G, 1)
     greedy = temps.squeeze(1) == 0
     tempered = torch.softmax(logits / temps.clamp_min(1e-6), dim=-1)
@@ -40,5 +40,5 @@ def sample(
     index = torch.minimum(torch.searchsorted(cdf, target, right=True), last_kept)  # (G, 1)
     tokens = order.gather(1, index).squeeze(1)
     tokens = torch.where(greedy, logits.argmax(-1), tokens)
-    chosen = probs.gather(1, tokens.unsqueeze(1)).squeeze(1)
-    return tokens.tolist(), chosen.tolist()
+    chosen = logp.gather(1, tokens.unsqueeze(1)).squeeze(1)
+    return tokens.tolist(), chosen.exp().tolist(), chosen.tolist()

@@ -22,17 +22,24 @@ from seqpredict.models import Checkpoint
 from seqpredict.server.answer_size import AnswerSizer, receive_limit
 from seqpredict.server.errors import Code, RequestFailed
 from seqpredict.server.jobs import (
+    LIST_QUEUE,
     EndSessionJob,
+    ExportJob,
+    ForkJob,
     FutureJob,
     GenerateEvent,
     GenerateJob,
     GetSessionJob,
+    ImportJob,
+    ListJob,
     PredictJob,
     PredictResult,
     TopK,
 )
 from seqpredict.server.metrics import Metrics
+from seqpredict.server.paging import after_id, page_token
 from seqpredict.server.scheduler import Scheduler
+from seqpredict.server.session_blob import BlobCodec
 from seqpredict.server.sessions import SessionRecord
 from seqpredict.server.streams import DRAINED, END_OF_STREAM, OrderedAnswers, Unit, Window
 from seqpredict.server.validation import DEFAULT_TOP_K, Validator
@@ -81,6 +88,7 @@ class SequencePredictorService(pb_grpc.SequencePredictorServicer):
         self.window = window
         self.max_answer_bytes = max_answer_bytes
         self.sizer = AnswerSizer.of(checkpoint.vocab)
+        self.blobs = BlobCodec(checkpoint, model_info.architecture)
         # id → text, resolved once: building a TokenProbability must not touch the vocabulary object.
         self._texts = checkpoint.vocab.chars
         self.draining = False
@@ -184,10 +192,11 @@ class SequencePredictorService(pb_grpc.SequencePredictorServicer):
                 end=req.end,
                 expected_position=_optional(req, "expected_position"),
                 expected_incarnation=_optional(req, "expected_incarnation"),
+                score=req.score,
             )
         except RequestFailed as exc:
-            return exc, self.sizer.predict(req.session_id, 0, 0, False)
-        return job, self.sizer.predict(req.session_id, len(job.tokens), job.top_k, job.all_steps)
+            return exc, self.sizer.predict(req.session_id, 0, 0, False, False)
+        return job, self.sizer.predict(req.session_id, len(job.tokens), job.top_k, job.all_steps, job.score)
 
     def _too_large(self, bound: int, limit: int, what: str = "this request's answer") -> RequestFailed:
         return RequestFailed(
@@ -221,6 +230,9 @@ class SequencePredictorService(pb_grpc.SequencePredictorServicer):
         )
         if result.steps is not None:
             response.steps.extend(pb.StepPrediction(top=self._top(step)) for step in result.steps)
+        if result.token_log_probs is not None:
+            response.token_log_probs.extend(result.token_log_probs)
+            response.log_prob_sum = result.log_prob_sum
         if result.error is not None:
             response.error.code = int(result.error.code)
             response.error.message = result.error.message
@@ -273,6 +285,7 @@ class SequencePredictorService(pb_grpc.SequencePredictorServicer):
                     finish_reason=_FINISH.get(event.finish, pb.FINISH_REASON_UNSPECIFIED),
                     stop=event.stop,
                     probability=event.probability,
+                    log_probability=event.log_probability,
                 )
                 if event.finish:
                     return
@@ -293,21 +306,72 @@ class SequencePredictorService(pb_grpc.SequencePredictorServicer):
             session_id=request.session_id, position=record.position, incarnation=record.incarnation
         )
 
+    async def ForkSession(self, request: pb.ForkSessionRequest, context: aio.ServicerContext) -> pb.SessionInfo:
+        source, target = request.source_session_id, request.target_session_id
+
+        def check() -> dict[str, Any]:
+            self.validator.session_id(target)
+            if target == source:
+                raise RequestFailed(Code.INVALID_ARGUMENT, "target_session_id must differ from source_session_id")
+            return {"target": target, "replace": request.replace, **_guard(request)}
+
+        record = await self._session_op(ForkJob, source, context, check)
+        assert isinstance(record, SessionRecord)
+        return session_info(record)
+
+    async def ExportSession(
+        self, request: pb.ExportSessionRequest, context: aio.ServicerContext
+    ) -> pb.ExportSessionResponse:
+        result = await self._session_op(ExportJob, request.session_id, context, lambda: _guard(request))
+        record, state = result  # type: ignore[misc]
+        return pb.ExportSessionResponse(blob=self.blobs.encode(record.session_id, state), session=session_info(record))
+
+    async def ImportSession(self, request: pb.ImportSessionRequest, context: aio.ServicerContext) -> pb.SessionInfo:
+        def check() -> dict[str, Any]:
+            _blob, state = self.blobs.decode(request.blob)
+            return {"state": state, "force": request.force}
+
+        # The name defaults to the one the blob was exported under.
+        name = request.session_id or _exported_name(request.blob)
+        record = await self._session_op(ImportJob, name, context, check)
+        assert isinstance(record, SessionRecord)
+        return session_info(record)
+
+    async def ListSessions(
+        self, request: pb.ListSessionsRequest, context: aio.ServicerContext
+    ) -> pb.ListSessionsResponse:
+        prefix = request.prefix
+
+        def check() -> dict[str, Any]:
+            self.validator.prefix(prefix)
+            limit = self.validator.page_size(request.page_size)
+            return {"prefix": prefix, "after": after_id(request.page_token, prefix), "limit": limit}
+
+        result = await self._session_op(ListJob, LIST_QUEUE, context, check)
+        records, more = result  # type: ignore[misc]
+        token = page_token(prefix, records[-1].session_id) if more and records else ""
+        return pb.ListSessionsResponse(sessions=[session_info(r) for r in records], next_page_token=token)
+
     async def _session_op(
-        self, kind: type[FutureJob], session_id: str, context: aio.ServicerContext, **fields: Any
+        self,
+        kind: type[FutureJob],
+        session_id: str,
+        context: aio.ServicerContext,
+        fields: Callable[[], dict[str, Any]] = dict,
     ) -> object:
-        """Queue a bookkeeping job behind the session's other work and wait for its answer."""
+        """Validate, queue a bookkeeping job behind the session's other work and wait for its answer.
+
+        `fields()` validates the request and gives the job's own fields (RequestFailed refuses it).
+        """
         try:
-            job = kind(
-                self.validator.session_id(session_id),
-                time.perf_counter(),
-                future=asyncio.get_running_loop().create_future(),
-                **fields,
-            )
+            own = fields()
+            if kind.per_session:
+                self.validator.session_id(session_id)
+            job = kind(session_id, time.perf_counter(), future=asyncio.get_running_loop().create_future(), **own)
             self.scheduler.submit(job)
             result = await job.future  # type: ignore[misc]
         except RequestFailed as exc:  # refused before reaching the engine (which counts its own)
-            self.metrics.count_failure("session", exc)
+            self.metrics.count_failure(kind.kind, exc)
             result = exc
         if isinstance(result, RequestFailed):
             await abort(context, result)
@@ -335,6 +399,23 @@ def build_model_info(checkpoint: Checkpoint, limits: pb.ServerLimits, state_byte
         state_bytes_per_session=state_bytes,
         limits=limits,
     )
+
+
+def _guard(request: Any) -> dict[str, int | None]:
+    return {
+        "expected_position": _optional(request, "expected_position"),
+        "expected_incarnation": _optional(request, "expected_incarnation"),
+    }
+
+
+def _exported_name(data: bytes) -> str:
+    """The session id a blob was exported under ('' when it cannot be read: the full check says why)."""
+    blob = pb.SessionBlob()
+    try:
+        blob.ParseFromString(data)
+    except Exception:
+        return ""
+    return blob.session_id
 
 
 def session_info(record: SessionRecord) -> pb.SessionInfo:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from sortedcontainers import SortedList
 from torch import Tensor
 
 from seqpredict.server.errors import Code, RequestFailed
@@ -83,6 +84,8 @@ class SessionPool:
         self._high_water = 0
         # session id → slot, least recently used first: eviction and expiry pop from the front.
         self._lru: OrderedDict[str, int] = OrderedDict()
+        # The same ids in name order, for listing a page at a time in O(log n + page).
+        self._ids: SortedList = SortedList()
         # Incarnations need to be unpredictable across restarts, not secret: a seeded PRNG is enough.
         self._random = random.Random(int.from_bytes(os.urandom(16), "little"))
         self._grow(min(initial_capacity, max_sessions))
@@ -170,6 +173,7 @@ class SessionPool:
         self._created[slot] = now
         self._last_used[slot] = now
         self._lru[session_id] = slot
+        self._ids.add(session_id)
         return slot, True
 
     def _take_slot(self) -> int:
@@ -185,6 +189,7 @@ class SessionPool:
         slot = self._lru.pop(session_id, None)
         if slot is None:
             return None
+        self._ids.remove(session_id)
         self._free.append(slot)
         self._on_end(reason, 1)
         return int(self._position[slot])
@@ -249,6 +254,30 @@ class SessionPool:
         for t, s in zip(self._states, state, strict=True):
             t.index_copy_(1, slots, s.to(self.dtype))
 
+    def ids_after(self, after: str, prefix: str, limit: int) -> list[str]:
+        """Up to `limit` session ids starting with `prefix`, in name order, after `after` (exclusive)."""
+        if after >= prefix:
+            candidates = self._ids.irange(minimum=after, inclusive=(False, True))
+        else:
+            candidates = self._ids.irange(minimum=prefix)
+        found: list[str] = []
+        for sid in candidates:
+            if len(found) == limit or not sid.startswith(prefix):
+                break
+            found.append(sid)
+        return found
+
+    def read_state(self, slot: int) -> list[Tensor]:
+        """Copies of one session's state tensors, each (num_layers, hidden), in storage dtype."""
+        return [t[:, slot].clone() for t in self._states]
+
+    def write_state(self, slot: int, state: list[Tensor], position: int, incarnation: int) -> None:
+        """Overwrite one session's state and bookkeeping (fork and import)."""
+        for t, s in zip(self._states, state, strict=True):
+            t[:, slot] = s.to(self.dtype)
+        self._position[slot] = position
+        self._incarnation[slot] = incarnation
+
     def items(self) -> Iterator[tuple[str, int]]:
         """(session id, slot), least recently used first."""
         return iter(list(self._lru.items()))
@@ -289,3 +318,4 @@ class SessionPool:
         self._high_water = n
         self._free.clear()
         self._lru = OrderedDict(zip(session_ids, range(n), strict=True))
+        self._ids = SortedList(session_ids)

@@ -15,6 +15,8 @@ from seqpredict.models import UnknownCharacterError, Vocabulary
 from seqpredict.server.errors import Code, RequestFailed
 
 SESSION_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+SESSION_PREFIX = re.compile(r"[A-Za-z0-9._:-]{0,128}")
+DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 100, 1000
 MAX_TEMPERATURE = 100.0
 MAX_STOP_STRINGS = 16
 MAX_STOP_LENGTH = 64
@@ -38,6 +40,16 @@ class Validator:
                 f"session_id {shown!r} must be 1-128 characters of [A-Za-z0-9._:-] (got {len(value)} characters)"
             )
         return value
+
+    def prefix(self, value: str) -> str:
+        if SESSION_PREFIX.fullmatch(value) is None:
+            raise invalid(f"prefix must be 0-128 characters of [A-Za-z0-9._:-] (got {len(value)} characters)")
+        return value
+
+    @staticmethod
+    def page_size(value: int) -> int:
+        """0 means the default; more than the maximum means the maximum (as Google's AIP-158 asks)."""
+        return DEFAULT_PAGE_SIZE if value == 0 else min(value, MAX_PAGE_SIZE)
 
     def tokens(self, ids: Sequence[int], text: str, what: str = "input") -> list[int]:
         """Token ids from either ids or text (not both), bounded by max_tokens_per_request."""

@@ -55,6 +55,8 @@ class Chunk:
     top_k: int = 0
     # The last point's raw logits row, for a job that samples from it in a later batch.
     keep_logits: bool = False
+    # The log-probability of each token under the state before it (scoring).
+    score: bool = False
     # Instead of `tokens`: one token sampled in this batch, then fed.
     sample: Sampling | None = None
 
@@ -68,8 +70,10 @@ class StepOutput:
     fed: int  # tokens the chunk fed
     top: list[TopK] | None = None  # per point (one unless every_step), when top_k > 0
     logits: Any = None  # the last point's logits row (V,), with keep_logits
-    sampled: int = -1  # with `sample`: the token and its probability under the untempered model
+    scores: list[float] | None = None  # with `score`: log p(token | state before it), per token fed
+    sampled: int = -1  # with `sample`: the token, its probability and log-probability (untempered model)
     sampled_probability: float = 0.0
+    sampled_log_probability: float = 0.0
 
 
 @dataclass(eq=False, slots=True)
@@ -83,6 +87,7 @@ class Job:
     answered_at: float = 0.0  # when its last payload left the engine (per-token latency of a generation)
 
     kind: ClassVar[str] = "session"  # the `kind` label of the request metrics
+    per_session: ClassVar[bool] = True  # False: queued under a key of its own (ListSessions)
 
     def tokens_wanted(self) -> int:
         return 0

@@ -25,6 +25,7 @@ class GenerateEvent:
 
     token: int = -1
     probability: float = 0.0
+    log_probability: float = 0.0
     position: int = 0
     incarnation: int = 0
     created: bool = False
@@ -81,6 +82,7 @@ class GenerateJob(Job):
         event = GenerateEvent(
             token=out.sampled,
             probability=out.sampled_probability,
+            log_probability=out.sampled_log_probability,
             position=out.position,
             incarnation=out.incarnation,
             created=self.created and self.generated == 1,

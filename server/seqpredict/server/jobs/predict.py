@@ -8,8 +8,9 @@ holds part of a request.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
 from seqpredict.server.errors import RequestFailed
@@ -28,6 +29,8 @@ class PredictResult:
     steps: list[TopK] | None = None
     ended: bool = False
     error: RequestFailed | None = None
+    token_log_probs: list[float] | None = None  # with score: log p(token | state before it), per token
+    log_prob_sum: float = 0.0
 
 
 @dataclass(eq=False, slots=True)
@@ -39,11 +42,13 @@ class PredictJob(Job):
     end: bool = False
     expected_position: int | None = None
     expected_incarnation: int | None = None
+    score: bool = False
     # Called on the event loop once `result` is set (the stream answering in order).
     waiter: Callable[[], None] | None = None
     result: PredictResult | None = None
     offset: int = 0  # progress through `tokens` across chunks
     steps: list[TopK] | None = None
+    scores: list[float] = field(default_factory=list)
 
     kind: ClassVar[str] = "predict"
 
@@ -65,17 +70,24 @@ class PredictJob(Job):
         begin = self.offset
         end = min(len(self.tokens), begin + max(allotted, 1))
         every = self.all_steps and end > begin
-        return Chunk(self.tokens[begin:end], answer=end == len(self.tokens), every_step=every, top_k=self.top_k)
+        return Chunk(
+            self.tokens[begin:end], answer=end == len(self.tokens), every_step=every, top_k=self.top_k, score=self.score
+        )
 
     def absorb(self, out: StepOutput, ops: SessionOps) -> PredictResult | None:
         self.offset += out.fed
         if self.all_steps and out.fed:
             self.steps = (self.steps or []) + out.top  # type: ignore[operator]
+        if out.scores:
+            self.scores += out.scores
         if self.offset < len(self.tokens):
             return None
         result = PredictResult(out.position, out.incarnation, self.created, out.top[-1] if out.top else NO_TOP)
         if self.all_steps:
             result.steps = self.steps
+        if self.score:
+            result.token_log_probs = self.scores
+            result.log_prob_sum = math.fsum(self.scores)
         if self.end:
             ops.end(self.session_id)
             result.ended = True

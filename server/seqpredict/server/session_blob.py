@@ -1,0 +1,114 @@
+"""The exported-session blob: a serialized SessionBlob, checked field by field before import.
+
+A session's state means something only under the weights that produced it, so the blob
+carries the model's fingerprint and architecture and the state's exact layout, and a sha256
+over everything; import refuses anything that does not match this server, changing nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+
+import torch
+from google.protobuf.message import DecodeError
+
+from seqpredict.models import Checkpoint
+from seqpredict.server.errors import Code, RequestFailed
+from seqpredict.server.ops import SessionState
+from seqpredict.v1 import seqpredict_pb2 as pb
+
+FORMAT_VERSION = 1
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+
+
+def _digest(blob: pb.SessionBlob) -> bytes:
+    unsigned = pb.SessionBlob()
+    unsigned.CopyFrom(blob)
+    unsigned.ClearField("sha256")
+    return hashlib.sha256(unsigned.SerializeToString(deterministic=True)).digest()
+
+
+class BlobCodec:
+    """Encodes this server's sessions and decodes blobs meant for it."""
+
+    def __init__(self, checkpoint: Checkpoint, architecture: pb.Architecture) -> None:
+        self.fingerprint = checkpoint.fingerprint
+        self.architecture = architecture
+        cfg = checkpoint.config
+        self.names = tuple(cfg.state_names)
+        self.shape = (cfg.num_layers, cfg.hidden_size)
+
+    def encode(self, session_id: str, state: SessionState) -> bytes:
+        dtype = state.tensors[0].dtype
+        blob = pb.SessionBlob(
+            format_version=FORMAT_VERSION,
+            model_fingerprint=self.fingerprint,
+            architecture=self.architecture,
+            layout=pb.StateLayout(
+                dtype=DTYPE_NAMES[dtype],
+                tensors=[
+                    pb.StateTensor(name=n, shape=list(t.shape)) for n, t in zip(self.names, state.tensors, strict=True)
+                ],
+            ),
+            session_id=session_id,
+            position=state.position,
+            incarnation=state.incarnation,
+            state=b"".join(_le_bytes(t) for t in state.tensors),
+        )
+        blob.exported_at.FromNanoseconds(time.time_ns())
+        blob.sha256 = _digest(blob)
+        return blob.SerializeToString(deterministic=True)
+
+    def decode(self, data: bytes) -> tuple[pb.SessionBlob, SessionState]:
+        """The blob and the state it carries; RequestFailed (nothing changed) for anything wrong."""
+        blob = pb.SessionBlob()
+        try:
+            blob.ParseFromString(data)
+        except DecodeError:
+            raise invalid("the blob is not a serialized SessionBlob") from None
+        if not blob.sha256:
+            raise invalid("the blob has no checksum (not an exported session?)")
+        if blob.sha256 != _digest(blob):
+            raise invalid("the blob's sha256 does not match its contents: it is damaged")
+        if blob.format_version != FORMAT_VERSION:
+            raise invalid(f"blob format {blob.format_version} is not supported (this server reads {FORMAT_VERSION})")
+        if blob.model_fingerprint != self.fingerprint:
+            raise RequestFailed(
+                Code.FAILED_PRECONDITION,
+                f"the blob is a session of model {blob.model_fingerprint[:12] or '?'}, this server serves"
+                f" {self.fingerprint[:12]}: its state would be meaningless here",
+            )
+        layout = blob.layout
+        dtype = DTYPES.get(layout.dtype)
+        names = tuple(t.name for t in layout.tensors)
+        shapes = [tuple(t.shape) for t in layout.tensors]
+        if dtype is None or names != self.names or any(shape != self.shape for shape in shapes):
+            raise invalid(
+                f"the blob's state layout ({layout.dtype}, {names}, {shapes}) is not this model's"
+                f" (float32/bfloat16/float16, {self.names}, {[self.shape] * len(self.names)})"
+            )
+        size = math.prod(self.shape) * torch.empty(0, dtype=dtype).element_size()
+        if len(blob.state) != size * len(names):
+            raise invalid(f"the blob's state has {len(blob.state)} bytes, its layout needs {size * len(names)}")
+        tensors = [_from_le_bytes(blob.state[i * size : (i + 1) * size], dtype, self.shape) for i in range(len(names))]
+        if not all(bool(t.isfinite().all()) for t in tensors):
+            raise invalid("the blob's state holds values that are not finite")
+        if blob.incarnation == 0:
+            raise invalid("the blob's incarnation is 0, which no session has")
+        return blob, SessionState(blob.position, blob.incarnation, tensors)
+
+
+def invalid(message: str) -> RequestFailed:
+    return RequestFailed(Code.INVALID_ARGUMENT, message)
+
+
+def _le_bytes(t: torch.Tensor) -> bytes:
+    """A tensor's elements, C order, little-endian (the byte order every platform we run on uses)."""
+    return t.contiguous().view(torch.uint8).numpy().tobytes()
+
+
+def _from_le_bytes(data: bytes, dtype: torch.dtype, shape: tuple[int, int]) -> torch.Tensor:
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8).view(dtype).reshape(shape).clone()
