@@ -384,3 +384,146 @@ def test_session_calls_on_missing_or_badly_named_sessions(
         expected[requests_total("session", "NotFound")] = 1
     assert_counters_moved(server.metrics_url, before, expected)
     assert_serving(server.address)
+
+
+# -- ForkSession / ExportSession / ImportSession / ListSessions ----------------------------------------------
+
+
+def _live(stub: pb_grpc.SequencePredictorStub, text: str = "abc") -> tuple[str, pb.PredictResponse]:
+    session = unique_id("live")
+    (answer,) = list(stub.Predict(iter([pb.PredictRequest(session_id=session, text=text)]), timeout=60))
+    return session, answer
+
+
+def _blob(stub: pb_grpc.SequencePredictorStub, edit: Callable[[pb.SessionBlob], None] | None = None) -> bytes:
+    session, _ = _live(stub)
+    data = stub.ExportSession(pb.ExportSessionRequest(session_id=session), timeout=60).blob
+    if edit is None:
+        return data
+    from seqpredict.server.session_blob import _digest
+
+    blob = pb.SessionBlob.FromString(data)
+    edit(blob)
+    blob.sha256 = _digest(blob)
+    return blob.SerializeToString()
+
+
+def _corrupt(stub: pb_grpc.SequencePredictorStub) -> bytes:
+    data = bytearray(_blob(stub))
+    data[-40] ^= 0x01
+    return bytes(data)
+
+
+def _moved_on(stub: pb_grpc.SequencePredictorStub) -> pb.ImportSessionRequest:
+    session, _ = _live(stub)
+    data = stub.ExportSession(pb.ExportSessionRequest(session_id=session), timeout=60).blob
+    list(stub.Predict(iter([pb.PredictRequest(session_id=session, text="d")]), timeout=60))
+    return pb.ImportSessionRequest(blob=data)
+
+
+def _page_token(stub: pb_grpc.SequencePredictorStub, prefix: str) -> str:
+    for _ in range(2):
+        _live(stub)
+    return stub.ListSessions(pb.ListSessionsRequest(prefix=prefix, page_size=1), timeout=60).next_page_token
+
+
+ALREADY_EXISTS = grpc.StatusCode.ALREADY_EXISTS
+Build = Callable[[pb_grpc.SequencePredictorStub], Any]
+STATE_OPS: dict[str, tuple[str, str, Build, grpc.StatusCode]] = {
+    "fork-unknown-source": (
+        "ForkSession",
+        "fork",
+        lambda s: pb.ForkSessionRequest(source_session_id=unique_id("never"), target_session_id=unique_id("t")),
+        NOT_FOUND,
+    ),
+    "fork-onto-an-existing-session": (
+        "ForkSession",
+        "fork",
+        lambda s: pb.ForkSessionRequest(source_session_id=_live(s)[0], target_session_id=_live(s)[0]),
+        ALREADY_EXISTS,
+    ),
+    "fork-wrong-incarnation": (
+        "ForkSession",
+        "fork",
+        lambda s: pb.ForkSessionRequest(
+            source_session_id=_live(s)[0], target_session_id=unique_id("t"), expected_incarnation=1
+        ),
+        FAILED_PRECONDITION,
+    ),
+    "fork-bad-target-id": (
+        "ForkSession",
+        "fork",
+        lambda s: pb.ForkSessionRequest(source_session_id=_live(s)[0], target_session_id="no spaces"),
+        INVALID,
+    ),
+    "fork-onto-itself": (
+        "ForkSession",
+        "fork",
+        lambda s: (lambda sid: pb.ForkSessionRequest(source_session_id=sid, target_session_id=sid))(_live(s)[0]),
+        INVALID,
+    ),
+    "export-unknown": (
+        "ExportSession",
+        "export",
+        lambda s: pb.ExportSessionRequest(session_id=unique_id("n")),
+        NOT_FOUND,
+    ),
+    "export-wrong-position": (
+        "ExportSession",
+        "export",
+        lambda s: pb.ExportSessionRequest(session_id=_live(s)[0], expected_position=99),
+        FAILED_PRECONDITION,
+    ),
+    "export-bad-id": ("ExportSession", "export", lambda s: pb.ExportSessionRequest(session_id=""), INVALID),
+    "import-not-a-blob": ("ImportSession", "import", lambda s: pb.ImportSessionRequest(blob=b"\x08\x01junk"), INVALID),
+    "import-empty-blob": ("ImportSession", "import", lambda s: pb.ImportSessionRequest(session_id="x"), INVALID),
+    "import-corrupt-blob": ("ImportSession", "import", lambda s: pb.ImportSessionRequest(blob=_corrupt(s)), INVALID),
+    "import-foreign-fingerprint": (
+        "ImportSession",
+        "import",
+        lambda s: pb.ImportSessionRequest(blob=_blob(s, lambda b: setattr(b, "model_fingerprint", "f" * 64))),
+        FAILED_PRECONDITION,
+    ),
+    "import-other-layout": (
+        "ImportSession",
+        "import",
+        lambda s: pb.ImportSessionRequest(blob=_blob(s, lambda b: b.layout.tensors.pop())),
+        INVALID,
+    ),
+    "import-over-a-session-that-moved-on": ("ImportSession", "import", _moved_on, FAILED_PRECONDITION),
+    "import-bad-target-id": (
+        "ImportSession",
+        "import",
+        lambda s: pb.ImportSessionRequest(session_id="bad id", blob=_blob(s)),
+        INVALID,
+    ),
+    "list-bad-page-token": ("ListSessions", "list", lambda s: pb.ListSessionsRequest(page_token="%%%"), INVALID),
+    "list-token-of-another-prefix": (
+        "ListSessions",
+        "list",
+        lambda s: pb.ListSessionsRequest(prefix="other", page_token=_page_token(s, "live-")),
+        INVALID,
+    ),
+    "list-bad-prefix": ("ListSessions", "list", lambda s: pb.ListSessionsRequest(prefix="a/b"), INVALID),
+}
+
+
+@pytest.mark.parametrize("method, kind, build, code", STATE_OPS.values(), ids=STATE_OPS.keys())
+def test_session_state_operations_refuse_bad_input_and_change_nothing(
+    server: RunningServer, bystanders: Bystanders, method: str, kind: str, build: Build, code: grpc.StatusCode
+) -> None:
+    """Unknown sessions, wrong guards, corrupt or foreign blobs, bad page tokens: each its documented
+    code and counter; bystanders (fed before and after) answer exactly as the reference."""
+    stub = server.stub()
+    stream = BystanderStream(stub, bystanders)
+    stream.round("before")
+    request = build(stub)
+    before = Metrics(server.metrics_url)
+    with pytest.raises(grpc.RpcError) as err:
+        getattr(stub, method)(request, timeout=60)
+    assert err.value.code() == code, err.value.details()
+    stream.round("after")
+    stream.close()
+    name = code_name(number(code))
+    assert_counters_moved(server.metrics_url, before, {handled_total(method, name): 1, requests_total(kind, name): 1})
+    assert_serving(server.address)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 import uuid
@@ -110,3 +111,68 @@ def test_predict_many_equals_separate_streams(server, checkpoint):
         for response, request in zip(reply.responses, message.requests, strict=True):
             assert response.session_id == request.session_id
             assert_top_matches(response.next, reference[request.session_id][response.position], request.session_id)
+
+
+def test_forks_and_scores_taken_under_concurrent_load_equal_each_history_alone(server, checkpoint):
+    """Streams feed sessions (some requests scoring their tokens) while another client forks them at
+    random moments. Each fork copies its source at some position p (which it reports): fed a
+    continuation, it must equal the source's first p tokens plus the continuation, alone; every
+    score must equal the reference's log-probability of its token."""
+    rng = random.Random(3)
+    vocab = checkpoint.config.vocab_size
+    plan = {sid: chunks for sid, chunks in list(_plan(rng, vocab).items())[:24]}
+    ids = list(plan)
+    per_stream = [{sid: plan[sid] for sid in ids[s::3]} for s in range(3)]
+    orders = [_interleave(rng, sessions) for sessions in per_stream]
+    results: list[list[pb.PredictResponse]] = [[] for _ in range(3)]
+    forks: list[tuple[str, str, int]] = []  # (fork id, source id, position copied)
+    done = threading.Event()
+
+    def feed(s: int) -> None:
+        requests = (
+            pb.PredictRequest(session_id=sid, tokens=chunk, score=scored, top_k=5) for sid, chunk, scored in orders[s]
+        )
+        results[s] = list(server.stub().Predict(requests, timeout=120))
+
+    def fork() -> None:
+        stub, forker = server.stub(), random.Random(9)
+        while not done.is_set() or len(forks) < 8:
+            source = forker.choice(ids)
+            target = f"fork-{uuid.uuid4().hex[:8]}"
+            try:
+                info = stub.ForkSession(pb.ForkSessionRequest(source_session_id=source, target_session_id=target))
+            except Exception:  # the source does not exist yet: nothing fed to it so far
+                continue
+            forks.append((target, source, info.position))
+
+    feeders = [threading.Thread(target=feed, args=(s,)) for s in range(3)]
+    forker = threading.Thread(target=fork)
+    for t in (*feeders, forker):
+        t.start()
+    for t in feeders:
+        t.join()
+    done.set()
+    forker.join()
+
+    model = checkpoint.build_model()
+    history = {sid: [t for c in chunks for t in c] for sid, chunks in plan.items()}
+    reference = {sid: reference_probabilities(model, tokens) for sid, tokens in history.items()}
+    scored = 0
+    for s in range(3):
+        for response, (sid, chunk, score) in zip(results[s], orders[s], strict=True):
+            assert_top_matches(response.next, reference[sid][response.position], f"{sid}@{response.position}")
+            if score:
+                start = response.position - len(chunk)
+                for j, (token, logp) in enumerate(zip(chunk, response.token_log_probs, strict=True)):
+                    assert abs(math.exp(logp) - reference[sid][start + j][token].item()) <= 1e-5
+                scored += 1
+    assert scored > 0 and len(forks) >= 8
+    stub = server.stub()
+    for target, source, position in forks:
+        continuation = [rng.randrange(vocab) for _ in range(rng.choice([1, 5]))]
+        (answer,) = list(stub.Predict(iter([pb.PredictRequest(session_id=target, tokens=continuation)])))
+        tokens = history[source][:position] + continuation
+        assert answer.position == len(tokens)
+        assert_top_matches(
+            answer.next, reference_probabilities(model, tokens)[-1], f"fork {target} of {source}@{position}"
+        )

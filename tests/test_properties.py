@@ -1,12 +1,15 @@
 """Property: any sequence of requests keeps the server's session bookkeeping equal to a tiny model of it.
 
 Hypothesis drives random sequences — feeds (ids or text, 0-12 tokens, with reset / end /
-a right or wrong expected_position), short Generates, GetSession, EndSession and bad
-requests (bad id, out-of-range token, unknown character, top_k out of range) — over three
-session ids against one real server. The model is a dict id → tokens consumed; every answer
-must agree with it: codes, positions, `created`, `ended`, NOT_FOUND, and the probabilities,
-which must equal the reference (the model's tokens fed alone through the network). Each
-example uses fresh session ids, so examples never see each other's sessions.
+a right or wrong expected_position or expected_incarnation), short Generates, GetSession,
+EndSession, ForkSession, ExportSession + ImportSession, and bad requests (bad id,
+out-of-range token, unknown character, top_k out of range) — over three session ids against
+one real server. The model is a dict id → tokens consumed, and id → incarnation as answers
+name them; every answer must agree with it: codes, positions, `created`, `ended`,
+NOT_FOUND / ALREADY_EXISTS, incarnations that stay put until a reset, creation, fork or
+import says otherwise, and the probabilities, which must equal the reference (the model's
+tokens fed alone through the network). Each example uses fresh session ids, so examples
+never see each other's sessions.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ def machine(server: RunningServer, model: CharRNN, vocab: Vocabulary) -> type[Ru
     session = st.integers(0, SESSIONS - 1)
     tokens = st.lists(st.integers(0, V - 1), max_size=12)
     text = st.text(alphabet=st.sampled_from(vocab.chars), max_size=12)
-    expectation = st.sampled_from(["none", "right", "wrong"])
+    expectation = st.sampled_from(["none", "right", "wrong", "wrong-incarnation"])
     sometimes = st.integers(0, 4).map(lambda n: n == 0)  # reset / end one time in five: sessions live a while
 
     class SessionBookkeeping(RuleBasedStateMachine):
@@ -57,6 +60,7 @@ def machine(server: RunningServer, model: CharRNN, vocab: Vocabulary) -> type[Ru
             prefix = unique_id("prop")
             self.ids = [f"{prefix}-{i}" for i in range(SESSIONS)]
             self.history: dict[str, list[int]] = {}  # the reference model: id → tokens consumed
+            self.incarnation: dict[str, int] = {}  # id → its incarnation, as the server named it
             self.stub = server.stub()
             self.outbox: queue.Queue[Any] = queue.Queue()
             self.stream = self.stub.Predict(iter(self.outbox.get, _CLOSE), timeout=600)
@@ -73,13 +77,31 @@ def machine(server: RunningServer, model: CharRNN, vocab: Vocabulary) -> type[Ru
         def position(self, sid: str) -> int:
             return len(self.history.get(sid, []))
 
-        def expected_position(self, sid: str, how: str, data: st.DataObject) -> int | None:
+        def guard(self, sid: str, how: str, data: st.DataObject) -> dict[str, int]:
+            """expected_position / expected_incarnation for `how`: none, right, or one of them wrong."""
             if how == "none":
-                return None
-            actual = self.position(sid)
+                return {}
+            actual, incarnation = self.position(sid), self.incarnation.get(sid, 0)
             if how == "right":
-                return actual
-            return data.draw(st.integers(0, 2**64 - 1).filter(lambda p: p != actual), label="wrong position")
+                return {"expected_position": actual, "expected_incarnation": incarnation}
+            if how == "wrong-incarnation":
+                wrong = data.draw(st.integers(0, 2**64 - 1).filter(lambda i: i != incarnation), label="wrong inc")
+                return {"expected_position": actual, "expected_incarnation": wrong}
+            wrong = data.draw(st.integers(0, 2**64 - 1).filter(lambda p: p != actual), label="wrong position")
+            return {"expected_position": wrong}
+
+        def named(self, sid: str, incarnation: int, fresh: bool) -> None:
+            """An answer named the session's incarnation: new (created, reset, forked) or unchanged."""
+            assert incarnation != 0
+            if fresh:
+                assert incarnation != self.incarnation.get(sid), "a new history has a new incarnation"
+            else:
+                assert incarnation == self.incarnation[sid], "the same history keeps its incarnation"
+            self.incarnation[sid] = incarnation
+
+        def forget(self, sid: str) -> None:
+            self.history.pop(sid, None)
+            self.incarnation.pop(sid, None)
 
         def assert_unchanged_after_refusal(self, answer: pb.PredictResponse, code: int) -> None:
             assert answer.error.code == code, answer.error
@@ -102,22 +124,21 @@ def machine(server: RunningServer, model: CharRNN, vocab: Vocabulary) -> type[Ru
                 fed = vocab.encode(fields["text"])
             else:
                 fed = fields["tokens"] = data.draw(tokens, label="tokens")
-            expected = self.expected_position(sid, how, data)
-            if expected is not None:
-                fields["expected_position"] = expected
+            fields |= self.guard(sid, how, data)
             answer = self.predict(**fields)
             exists = sid in self.history
-            if how == "wrong":
+            if how.startswith("wrong"):
                 self.assert_unchanged_after_refusal(answer, FAILED_PRECONDITION)
-                assert answer.position == self.position(sid)
+                assert (answer.position, answer.incarnation) == (self.position(sid), self.incarnation.get(sid, 0))
                 return
             assert not answer.HasField("error"), answer.error
             base = self.history[sid] if exists and not reset else []
             now = base + fed
             assert (answer.created, answer.ended, answer.position) == (not exists, end, len(now))
             assert_top_matches(answer.next, reference_probabilities(model, now)[len(now)], f"feed {sid}")
+            self.named(sid, answer.incarnation, fresh=not exists or reset)
             if end:
-                self.history.pop(sid, None)
+                self.forget(sid)
             else:
                 self.history[sid] = now
 
@@ -138,15 +159,16 @@ def machine(server: RunningServer, model: CharRNN, vocab: Vocabulary) -> type[Ru
             request = pb.GenerateRequest(
                 session_id=sid, prompt_text=prompt, max_tokens=max_tokens, seed=seed, reset=reset, end=end
             )
-            expected = self.expected_position(sid, how, data)
-            if expected is not None:
-                request.expected_position = expected
+            for name, value in self.guard(sid, how, data).items():
+                setattr(request, name, value)
             exists = sid in self.history
-            if how == "wrong":
+            if how.startswith("wrong"):
                 with pytest.raises(grpc.RpcError) as err:
                     list(self.stub.Generate(request, timeout=60))
                 assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-                assert ("seqpredict-position", str(self.position(sid))) in tuple(err.value.trailing_metadata())
+                trailing = tuple(err.value.trailing_metadata())
+                assert ("seqpredict-position", str(self.position(sid))) in trailing
+                assert ("seqpredict-incarnation", str(self.incarnation.get(sid, 0))) in trailing
                 return
             answers = list(self.stub.Generate(request, timeout=60))
             now = (self.history[sid] if exists and not reset else []) + vocab.encode(prompt)
@@ -157,8 +179,10 @@ def machine(server: RunningServer, model: CharRNN, vocab: Vocabulary) -> type[Ru
             for k, a in enumerate(answers):
                 assert a.position == start + k + 1 and a.created == (k == 0 and not exists)
                 assert abs(a.probability - reference[start + k][a.token].item()) <= TOLERANCE
+            self.named(sid, answers[0].incarnation, fresh=not exists or reset)
+            assert {a.incarnation for a in answers} == {answers[0].incarnation}
             if end:
-                self.history.pop(sid, None)
+                self.forget(sid)
             else:
                 self.history[sid] = now
 
@@ -170,7 +194,8 @@ def machine(server: RunningServer, model: CharRNN, vocab: Vocabulary) -> type[Ru
                     self.stub.GetSession(pb.GetSessionRequest(session_id=sid), timeout=60)
                 assert err.value.code() == grpc.StatusCode.NOT_FOUND
                 return
-            assert self.stub.GetSession(pb.GetSessionRequest(session_id=sid), timeout=60).position == self.position(sid)
+            info = self.stub.GetSession(pb.GetSessionRequest(session_id=sid), timeout=60)
+            assert (info.position, info.incarnation) == (self.position(sid), self.incarnation[sid])
 
         @rule(i=session)
         def end_session(self, i: int) -> None:
@@ -181,7 +206,58 @@ def machine(server: RunningServer, model: CharRNN, vocab: Vocabulary) -> type[Ru
                 assert err.value.code() == grpc.StatusCode.NOT_FOUND
                 return
             ended = self.stub.EndSession(pb.EndSessionRequest(session_id=sid), timeout=60)
-            assert ended.position == len(self.history.pop(sid))
+            assert (ended.position, ended.incarnation) == (self.position(sid), self.incarnation[sid])
+            self.forget(sid)
+
+        @rule(i=session, j=session, replace=st.booleans())
+        def fork(self, i: int, j: int, replace: bool) -> None:
+            source, target = self.ids[i], self.ids[j]
+            request = pb.ForkSessionRequest(source_session_id=source, target_session_id=target, replace=replace)
+            if i == j or source not in self.history or (target in self.history and not replace):
+                with pytest.raises(grpc.RpcError) as err:
+                    self.stub.ForkSession(request, timeout=60)
+                expected = (
+                    grpc.StatusCode.INVALID_ARGUMENT
+                    if i == j
+                    else grpc.StatusCode.NOT_FOUND
+                    if source not in self.history
+                    else grpc.StatusCode.ALREADY_EXISTS
+                )
+                assert err.value.code() == expected
+                return
+            info = self.stub.ForkSession(request, timeout=60)
+            assert info.position == self.position(source)
+            assert info.incarnation != self.incarnation[source]
+            self.history[target] = list(self.history[source])
+            self.incarnation.pop(target, None)
+            self.named(target, info.incarnation, fresh=True)
+
+        @rule(i=session, j=session, end_first=st.booleans(), force=st.booleans())
+        def export_import(self, i: int, j: int, end_first: bool, force: bool) -> None:
+            """Export i, maybe end it, import the blob as j: allowed onto a missing session, onto the
+            exact exported state, or with force; otherwise FAILED_PRECONDITION and nothing changes."""
+            source, target = self.ids[i], self.ids[j]
+            if source not in self.history:
+                with pytest.raises(grpc.RpcError) as err:
+                    self.stub.ExportSession(pb.ExportSessionRequest(session_id=source), timeout=60)
+                assert err.value.code() == grpc.StatusCode.NOT_FOUND
+                return
+            exported = self.stub.ExportSession(pb.ExportSessionRequest(session_id=source), timeout=60)
+            blob_state = (list(self.history[source]), self.incarnation[source])
+            assert exported.session.incarnation == blob_state[1]
+            if end_first:
+                self.stub.EndSession(pb.EndSessionRequest(session_id=source), timeout=60)
+                self.forget(source)
+            request = pb.ImportSessionRequest(session_id=target, blob=exported.blob, force=force)
+            same = target in self.history and (self.history[target], self.incarnation[target]) == blob_state
+            if target in self.history and not same and not force:
+                with pytest.raises(grpc.RpcError) as err:
+                    self.stub.ImportSession(request, timeout=60)
+                assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+                return
+            info = self.stub.ImportSession(request, timeout=60)
+            assert (info.position, info.incarnation) == (len(blob_state[0]), blob_state[1])
+            self.history[target], self.incarnation[target] = blob_state
 
         @rule(i=session, kind=st.sampled_from(BAD_KINDS), data=st.data(), reset=sometimes, end=sometimes)
         def bad_request(self, i: int, kind: str, data: st.DataObject, reset: bool, end: bool) -> None:
