@@ -34,6 +34,7 @@ from seqpredict.server.engine import Engine
 from seqpredict.server.interceptor import RpcGuard
 from seqpredict.server.metrics import Metrics
 from seqpredict.server.metrics_http import start_metrics_server
+from seqpredict.server.model_card import model_card
 from seqpredict.server.scheduler import BatchingConfig, Scheduler
 from seqpredict.server.service import SequencePredictorService, build_model_info
 from seqpredict.server.sessions import SessionPool
@@ -253,11 +254,12 @@ async def create_server(settings: Settings) -> App:
         stream_window_requests=settings.stream_window,
         stream_window_bytes=settings.stream_window_bytes,
     )
+    card = model_card(checkpoint, settings.state_dtype, pool.state_bytes_per_session)
     service = SequencePredictorService(
         scheduler,
         Validator(checkpoint.vocab, settings.max_tokens_per_request, settings.max_generate_tokens),
-        checkpoint,
-        build_model_info(checkpoint, limits, pool.state_bytes_per_session),
+        card,
+        build_model_info(card, limits),
         metrics,
         Window(settings.stream_window, settings.stream_window_bytes),
         settings.max_answer_bytes,

@@ -8,22 +8,16 @@ never touches it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+import torch
 from torch import Tensor
 
 from seqpredict.server.errors import Code, RequestFailed
 from seqpredict.server.metrics import Metrics
+from seqpredict.server.session_state import SessionState
 from seqpredict.server.sessions import NO_INCARNATION, SessionPool, SessionRecord
 
-
-@dataclass(frozen=True)
-class SessionState:
-    """One session's whole state, as export hands it out and import takes it in."""
-
-    position: int
-    incarnation: int
-    tensors: list[Tensor]  # each (num_layers, hidden), in the order of the model's state names
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 
 
 class SessionOps:
@@ -121,13 +115,16 @@ class SessionOps:
         """`target` becomes a copy of `source`'s state and position, as a new incarnation; the source is untouched."""
         slot = self.guarded(source, expected_position, expected_incarnation)
         self.pinned.add(slot)
-        state = self.pool.read_state(slot)
-        return self._put(target, SessionState(self.pool.position(slot), self.pool.new_incarnation(), state), replace)
+        tensors, position = self.pool.read_state(slot), self.pool.position(slot)
+        return self._put(target, tensors, position, self.pool.new_incarnation(), replace)
 
     def export(self, session_id: str, expected_position: int | None, expected_incarnation: int | None) -> SessionState:
-        """A copy of the session's state; the session is untouched (not even its last use)."""
+        """A copy of the session's state, as bytes; the session is untouched (not even its last use)."""
         slot = self.guarded(session_id, expected_position, expected_incarnation)
-        return SessionState(self.pool.position(slot), self.pool.incarnation(slot), self.pool.read_state(slot))
+        tensors = self.pool.read_state(slot)
+        # C order, little-endian: the bytes of each tensor as it is stored (every platform we run on is little-endian).
+        data = b"".join(t.contiguous().view(torch.uint8).numpy().tobytes() for t in tensors)
+        return SessionState(self.pool.position(slot), self.pool.incarnation(slot), DTYPE_NAMES[tensors[0].dtype], data)
 
     def import_(self, session_id: str, state: SessionState, force: bool) -> SessionRecord:
         """Install `state` as `session_id`. Over an existing session only when it is exactly the exported
@@ -152,9 +149,19 @@ class SessionOps:
                     position,
                     incarnation=incarnation,
                 )
-        return self._put(session_id, state, replace=True)
+        return self._put(session_id, self._tensors(state), state.position, state.incarnation, replace=True)
 
-    def _put(self, session_id: str, state: SessionState, replace: bool) -> SessionRecord:
+    def _tensors(self, state: SessionState) -> list[Tensor]:
+        """The state tensors of a checked blob's bytes (layout and size were checked by the codec)."""
+        flat = torch.frombuffer(bytearray(state.data), dtype=torch.uint8).view(DTYPES[state.dtype])
+        tensors = [part.reshape(self.pool.state_shape).clone() for part in flat.chunk(self.pool.num_states)]
+        if not all(bool(t.isfinite().all()) for t in tensors):
+            raise RequestFailed(Code.INVALID_ARGUMENT, "the blob's state holds values that are not finite")
+        return tensors
+
+    def _put(
+        self, session_id: str, tensors: list[Tensor], position: int, incarnation: int, replace: bool
+    ) -> SessionRecord:
         slot = self.pool.slot(session_id)
         if slot is not None:
             if not replace:
@@ -167,7 +174,7 @@ class SessionOps:
         slot, _ = self.pool.acquire(session_id, self.pinned, self.now)
         self.pinned.add(slot)
         self.metrics.sessions_created.inc()
-        self.pool.write_state(slot, state.tensors, state.position, state.incarnation)
+        self.pool.write_state(slot, tensors, position, incarnation)
         return self.record(session_id)
 
     def list(self, prefix: str, after: str, limit: int) -> tuple[list[SessionRecord], bool]:

@@ -18,7 +18,6 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc import aio
 
-from seqpredict.models import Checkpoint
 from seqpredict.server.answer_size import AnswerSizer, receive_limit
 from seqpredict.server.errors import Code, RequestFailed
 from seqpredict.server.jobs import (
@@ -37,6 +36,7 @@ from seqpredict.server.jobs import (
     TopK,
 )
 from seqpredict.server.metrics import Metrics
+from seqpredict.server.model_card import ModelCard
 from seqpredict.server.paging import after_id, page_token
 from seqpredict.server.scheduler import Scheduler
 from seqpredict.server.session_blob import BlobCodec
@@ -75,7 +75,7 @@ class SequencePredictorService(pb_grpc.SequencePredictorServicer):
         self,
         scheduler: Scheduler,
         validator: Validator,
-        checkpoint: Checkpoint,
+        card: ModelCard,
         model_info: pb.ModelInfo,
         metrics: Metrics,
         window: Window,
@@ -87,10 +87,10 @@ class SequencePredictorService(pb_grpc.SequencePredictorServicer):
         self.model_info = model_info
         self.window = window
         self.max_answer_bytes = max_answer_bytes
-        self.sizer = AnswerSizer.of(checkpoint.vocab)
-        self.blobs = BlobCodec(checkpoint, model_info.architecture)
+        self.sizer = AnswerSizer.of(validator.vocab)
+        self.blobs = BlobCodec(card, model_info.architecture)
         # id → text, resolved once: building a TokenProbability must not touch the vocabulary object.
-        self._texts = checkpoint.vocab.chars
+        self._texts = card.vocabulary
         self.draining = False
         self._streams: set[OrderedAnswers] = set()
 
@@ -381,22 +381,21 @@ class SequencePredictorService(pb_grpc.SequencePredictorServicer):
         return self.model_info
 
 
-def build_model_info(checkpoint: Checkpoint, limits: pb.ServerLimits, state_bytes: int) -> pb.ModelInfo:
-    cfg = checkpoint.config
+def build_model_info(card: ModelCard, limits: pb.ServerLimits) -> pb.ModelInfo:
     return pb.ModelInfo(
-        name=checkpoint.path.rsplit("/", 1)[-1],
-        fingerprint=checkpoint.fingerprint,
+        name=card.name,
+        fingerprint=card.fingerprint,
         architecture=pb.Architecture(
-            cell=cfg.cell,
-            vocab_size=cfg.vocab_size,
-            embed_dim=cfg.embed_dim,
-            hidden_size=cfg.hidden_size,
-            num_layers=cfg.num_layers,
-            state_names=list(cfg.state_names),
+            cell=card.cell,
+            vocab_size=card.vocab_size,
+            embed_dim=card.embed_dim,
+            hidden_size=card.hidden_size,
+            num_layers=card.num_layers,
+            state_names=list(card.state_names),
         ),
-        vocabulary=list(checkpoint.vocab.chars),
-        training_record_json=json.dumps(checkpoint.training, sort_keys=True),
-        state_bytes_per_session=state_bytes,
+        vocabulary=list(card.vocabulary),
+        training_record_json=json.dumps(card.training, sort_keys=True),
+        state_bytes_per_session=card.state_bytes_per_session,
         limits=limits,
     )
 

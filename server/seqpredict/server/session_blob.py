@@ -3,6 +3,8 @@
 A session's state means something only under the weights that produced it, so the blob
 carries the model's fingerprint and architecture and the state's exact layout, and a sha256
 over everything; import refuses anything that does not match this server, changing nothing.
+No torch here (frontends run without it): the state stays bytes; the engine turns them into
+tensors and checks that every value is finite.
 """
 
 from __future__ import annotations
@@ -11,17 +13,14 @@ import hashlib
 import math
 import time
 
-import torch
 from google.protobuf.message import DecodeError
 
-from seqpredict.models import Checkpoint
 from seqpredict.server.errors import Code, RequestFailed
-from seqpredict.server.ops import SessionState
+from seqpredict.server.model_card import ModelCard
+from seqpredict.server.session_state import ELEMENT_BYTES, SessionState
 from seqpredict.v1 import seqpredict_pb2 as pb
 
 FORMAT_VERSION = 1
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 
 
 def _digest(blob: pb.SessionBlob) -> bytes:
@@ -34,29 +33,24 @@ def _digest(blob: pb.SessionBlob) -> bytes:
 class BlobCodec:
     """Encodes this server's sessions and decodes blobs meant for it."""
 
-    def __init__(self, checkpoint: Checkpoint, architecture: pb.Architecture) -> None:
-        self.fingerprint = checkpoint.fingerprint
+    def __init__(self, card: ModelCard, architecture: pb.Architecture) -> None:
+        self.fingerprint = card.fingerprint
         self.architecture = architecture
-        cfg = checkpoint.config
-        self.names = tuple(cfg.state_names)
-        self.shape = (cfg.num_layers, cfg.hidden_size)
+        self.names = card.state_names
+        self.shape = card.state_shape
 
     def encode(self, session_id: str, state: SessionState) -> bytes:
-        dtype = state.tensors[0].dtype
         blob = pb.SessionBlob(
             format_version=FORMAT_VERSION,
             model_fingerprint=self.fingerprint,
             architecture=self.architecture,
             layout=pb.StateLayout(
-                dtype=DTYPE_NAMES[dtype],
-                tensors=[
-                    pb.StateTensor(name=n, shape=list(t.shape)) for n, t in zip(self.names, state.tensors, strict=True)
-                ],
+                dtype=state.dtype, tensors=[pb.StateTensor(name=n, shape=list(self.shape)) for n in self.names]
             ),
             session_id=session_id,
             position=state.position,
             incarnation=state.incarnation,
-            state=b"".join(_le_bytes(t) for t in state.tensors),
+            state=state.data,
         )
         blob.exported_at.FromNanoseconds(time.time_ns())
         blob.sha256 = _digest(blob)
@@ -82,33 +76,21 @@ class BlobCodec:
                 f" {self.fingerprint[:12]}: its state would be meaningless here",
             )
         layout = blob.layout
-        dtype = DTYPES.get(layout.dtype)
+        element = ELEMENT_BYTES.get(layout.dtype)
         names = tuple(t.name for t in layout.tensors)
         shapes = [tuple(t.shape) for t in layout.tensors]
-        if dtype is None or names != self.names or any(shape != self.shape for shape in shapes):
+        if element is None or names != self.names or any(shape != self.shape for shape in shapes):
             raise invalid(
                 f"the blob's state layout ({layout.dtype}, {names}, {shapes}) is not this model's"
                 f" (float32/bfloat16/float16, {self.names}, {[self.shape] * len(self.names)})"
             )
-        size = math.prod(self.shape) * torch.empty(0, dtype=dtype).element_size()
-        if len(blob.state) != size * len(names):
-            raise invalid(f"the blob's state has {len(blob.state)} bytes, its layout needs {size * len(names)}")
-        tensors = [_from_le_bytes(blob.state[i * size : (i + 1) * size], dtype, self.shape) for i in range(len(names))]
-        if not all(bool(t.isfinite().all()) for t in tensors):
-            raise invalid("the blob's state holds values that are not finite")
+        size = math.prod(self.shape) * element * len(names)
+        if len(blob.state) != size:
+            raise invalid(f"the blob's state has {len(blob.state)} bytes, its layout needs {size}")
         if blob.incarnation == 0:
             raise invalid("the blob's incarnation is 0, which no session has")
-        return blob, SessionState(blob.position, blob.incarnation, tensors)
+        return blob, SessionState(blob.position, blob.incarnation, layout.dtype, blob.state)
 
 
 def invalid(message: str) -> RequestFailed:
     return RequestFailed(Code.INVALID_ARGUMENT, message)
-
-
-def _le_bytes(t: torch.Tensor) -> bytes:
-    """A tensor's elements, C order, little-endian (the byte order every platform we run on uses)."""
-    return t.contiguous().view(torch.uint8).numpy().tobytes()
-
-
-def _from_le_bytes(data: bytes, dtype: torch.dtype, shape: tuple[int, int]) -> torch.Tensor:
-    return torch.frombuffer(bytearray(data), dtype=torch.uint8).view(dtype).reshape(shape).clone()

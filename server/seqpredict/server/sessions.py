@@ -107,6 +107,15 @@ class SessionPool:
         return sum(t.numel() * t.element_size() for t in self._states)
 
     @property
+    def state_shape(self) -> tuple[int, int]:
+        """Each state tensor of one session: (num_layers, hidden)."""
+        return self._shape
+
+    @property
+    def num_states(self) -> int:
+        return self._num_states
+
+    @property
     def state_bytes_per_session(self) -> int:
         L, H = self._shape
         return self._num_states * L * H * torch.empty(0, dtype=self.dtype).element_size()

@@ -16,7 +16,8 @@ from seqpredict.server.jobs.session import FutureJob
 from seqpredict.server.sessions import SessionRecord
 
 if TYPE_CHECKING:
-    from seqpredict.server.ops import SessionOps, SessionState
+    from seqpredict.server.ops import SessionOps
+    from seqpredict.server.session_state import SessionState
 
 
 @dataclass(eq=False, slots=True)

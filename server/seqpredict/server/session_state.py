@@ -1,0 +1,19 @@
+"""One session's whole state as plain values, the way it crosses process boundaries.
+
+Export hands it out and import takes it in; a blob carries it. The state is bytes — the
+state tensors back to back, C order, little-endian — so nothing but the engine needs torch.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+# Bytes per element of each storage dtype a blob may carry.
+ELEMENT_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+class SessionState(msgspec.Struct, frozen=True):
+    position: int
+    incarnation: int
+    dtype: str  # "float32", "bfloat16" or "float16"
+    data: bytes  # the state tensors in the model's order, each (num_layers, hidden)
