@@ -31,6 +31,7 @@ from seqpredict.models import Checkpoint, load_checkpoint
 from seqpredict.server.admission import HARD_LIMIT_FACTOR, Admission
 from seqpredict.server.config import Settings
 from seqpredict.server.engine import Engine
+from seqpredict.server.inference_thread import InferenceThread
 from seqpredict.server.interceptor import RpcGuard
 from seqpredict.server.metrics import Metrics
 from seqpredict.server.metrics_http import start_metrics_server
@@ -66,6 +67,7 @@ class App:
     metrics_port: int
     metrics: Metrics
     scheduler: Scheduler
+    runner: InferenceThread
     pool: SessionPool
     service: SequencePredictorService
     admission: Admission
@@ -94,7 +96,7 @@ class App:
         self.metrics.ready.set(1 if self.serving else 0)
 
     def start_watchdog(self) -> None:
-        dog = Watchdog(self.scheduler, self.settings.engine_stall_s, self.set_healthy, self.fatal.set)
+        dog = Watchdog(self.runner, self.settings.engine_stall_s, self.set_healthy, self.fatal.set)
         self._watchdog = asyncio.get_running_loop().create_task(dog.run())
 
     async def stop(self, grace: float | None = None) -> bool:
@@ -118,7 +120,7 @@ class App:
         # ends by itself and must not hold the drain: cancelled after a moment in which Watch streams
         # deliver NOT_SERVING (gRPC returns at once when nothing is open).
         await self.server.stop(min(HEALTH_NOTICE_S, max(0.0, deadline - loop.time())))
-        await loop.run_in_executor(None, self.scheduler.stop)
+        await loop.run_in_executor(None, self.runner.stop)
         # The inference thread has ended: the pool is ours to read now.
         saved = True
         if self.fatal.is_set():
@@ -242,8 +244,8 @@ async def create_server(settings: Settings) -> App:
             max_delay=settings.max_delay_ms / 1000,
         ),
         metrics,
-        housekeeping=housekeeping,
     )
+    runner = InferenceThread(scheduler, housekeeping)
     limits = pb.ServerLimits(
         max_tokens_per_request=settings.max_tokens_per_request,
         max_generate_tokens=settings.max_generate_tokens,
@@ -256,7 +258,7 @@ async def create_server(settings: Settings) -> App:
     )
     card = model_card(checkpoint, settings.state_dtype, pool.state_bytes_per_session)
     service = SequencePredictorService(
-        scheduler,
+        runner,
         Validator(checkpoint.vocab, settings.max_tokens_per_request, settings.max_generate_tokens),
         card,
         build_model_info(card, limits),
@@ -284,11 +286,11 @@ async def create_server(settings: Settings) -> App:
         settings.metrics_host,
         settings.metrics_port,
         metrics.registry,
-        live=lambda: scheduler.alive,
+        live=lambda: runner.alive,
         ready=lambda: bool(app_ref) and app_ref[0].serving,
     )
     metrics.sessions_limit.set(settings.max_sessions)
-    metrics.engine_heartbeat_age.set_function(lambda: time.monotonic() - scheduler.heartbeat)
+    metrics.engine_heartbeat_age.set_function(lambda: time.monotonic() - runner.heartbeat)
     metrics.model.info(
         {
             "name": Path(checkpoint.path).name,
@@ -301,7 +303,7 @@ async def create_server(settings: Settings) -> App:
     )
     housekeeping()
     engine.warm_up()
-    scheduler.start(asyncio.get_running_loop())
+    runner.start(asyncio.get_running_loop())
     await server.start()
     app = App(
         settings,
@@ -310,6 +312,7 @@ async def create_server(settings: Settings) -> App:
         metrics_http.server_port,
         metrics,
         scheduler,
+        runner,
         pool,
         service,
         admission,

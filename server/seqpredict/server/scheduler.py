@@ -1,10 +1,11 @@
-"""Who runs next: per-session queues, continuous batching, and the one inference thread.
+"""Who runs next: per-session queues and continuous batching, whatever drives the engine.
 
-Handlers on the event loop `submit` jobs; each session has a FIFO queue, so its requests
-run in the order the server received them. The inference thread repeatedly forms a batch
-from the sessions that have work — round robin, one run per session, at most
-`max_batch_size` sessions and `max_batch_tokens` tokens — runs it on the engine, and hands
-the results back to the event loop in one call per batch.
+Jobs are submitted (from any thread) into per-session FIFO queues, so a session's requests
+run in the order the server received them. A driver — the inference thread of a
+single-process server (`inference_thread`), or the engine process's loop (`engine_loop`) —
+repeatedly takes a batch: round robin over the sessions that have work, one run per
+session, at most `max_batch_size` sessions and `max_batch_tokens` tokens; runs it on the
+engine; and hands the deliveries back to whoever waits for them.
 
 A run is the session's head job, followed by the consecutive queued requests that may
 share its chunk (pipelined Predicts), up to `prefill_chunk` tokens: a client that pipelines
@@ -12,27 +13,21 @@ single tokens is served at prefill speed, not one token per batch. A long prefil
 into chunks so it cannot starve single-token sessions; jobs that need several batches stay
 at the head of their queue until done. Queues are not bounded here: every stream bounds
 its own requests in flight (see `streams`), so work waits at the client, never refused.
-
-The thread beats a heartbeat every batch and at least every `tick` while idle; if it ever
-dies, every queued job fails with INTERNAL at once and `failure` says why, so calls end
-instead of hanging and the watchdog can take the server out of service.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import islice
 
 from seqpredict.server.engine import Delivery, Engine, Run
 from seqpredict.server.errors import Code, RequestFailed
-from seqpredict.server.jobs import Job, deliver
+from seqpredict.server.jobs import Job
 from seqpredict.server.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -52,132 +47,95 @@ class BatchingConfig:
 
 
 class Scheduler:
-    """Queues work per session and feeds batches to the engine on its own thread."""
+    """Per-session queues and batch formation. `submit` is thread-safe; the rest belongs to the driver."""
 
-    def __init__(
-        self,
-        engine: Engine,
-        config: BatchingConfig,
-        metrics: Metrics,
-        housekeeping: Callable[[], None] | None = None,
-    ) -> None:
+    def __init__(self, engine: Engine, config: BatchingConfig, metrics: Metrics) -> None:
         self.engine = engine
         self.config = config
         self.metrics = metrics
-        self._housekeeping = housekeeping or (lambda: None)
-        self._lock = threading.Lock()
-        self._wakeup = threading.Condition(self._lock)
+        self.lock = threading.Lock()
+        # Notified on every submit while the driver waits on it (the in-process inference thread).
+        self.changed = threading.Condition(self.lock)
+        self.waiting = False
         self._queues: dict[str, deque[Job]] = {}
         self._ready: deque[str] = deque()  # sessions with queued work that are not in the running batch
         self._queued = 0
-        self._idle = True
-        self._stopping = False
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._inline: list[Callable[[], None]] = []
-        self.heartbeat = time.monotonic()
-        self.failure: BaseException | None = None  # why the inference thread died, once it has
+        self.stopping = False
+        self.failure: BaseException | None = None  # why the engine stopped for good, once it has
 
-    # -- event loop side ------------------------------------------------------------------------
-    def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._thread = threading.Thread(target=self._run, name="seqpredict-inference", daemon=True)
-        self._thread.start()
-
-    @property
-    def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
+    # -- any thread --------------------------------------------------------------------------------
     def submit(self, job: Job) -> None:
         """Queue `job` behind the session's earlier work; raises RequestFailed when nothing runs jobs."""
-        with self._lock:
-            if self.failure is not None:
-                raise RequestFailed(Code.INTERNAL, "internal error: the inference thread has stopped")
-            if self._stopping:
-                raise RequestFailed(Code.UNAVAILABLE, "the server is shutting down", limit="draining")
-            queue = self._queues.get(job.session_id)
-            if queue is None:
-                queue = self._queues[job.session_id] = deque()
-                self._ready.append(job.session_id)
-            queue.append(job)
-            self._queued += 1
-            if self._idle:
-                self._wakeup.notify()
+        with self.lock:
+            self._check_open()
+            self._enqueue(job)
+            if self.waiting:
+                self.changed.notify()
 
-    def run_in_engine(self, fn: Callable[[], None]) -> None:
-        """Run `fn` on the inference thread between batches (for work that touches the pool)."""
-        with self._lock:
-            self._inline.append(fn)
-            self._wakeup.notify()
+    def submit_many(self, jobs: Iterable[Job]) -> list[tuple[Job, RequestFailed]]:
+        """Queue several jobs under one lock; those refused come back with the reason."""
+        refused: list[tuple[Job, RequestFailed]] = []
+        with self.lock:
+            for job in jobs:
+                try:
+                    self._check_open()
+                except RequestFailed as exc:
+                    refused.append((job, exc))
+                    continue
+                self._enqueue(job)
+        return refused
+
+    def _check_open(self) -> None:
+        if self.failure is not None:
+            raise RequestFailed(Code.INTERNAL, "internal error: the inference engine has stopped")
+        if self.stopping:
+            raise RequestFailed(Code.UNAVAILABLE, "the server is shutting down", limit="draining")
+
+    def _enqueue(self, job: Job) -> None:
+        queue = self._queues.get(job.session_id)
+        if queue is None:
+            queue = self._queues[job.session_id] = deque()
+            self._ready.append(job.session_id)
+        queue.append(job)
+        self._queued += 1
 
     @property
     def queued(self) -> int:
         return self._queued
 
-    def stop(self, timeout: float | None = None) -> None:
-        """Finish what is queued, then end the inference thread."""
-        with self._lock:
-            self._stopping = True
-            self._wakeup.notify()
-        if self._thread is not None:
-            self._thread.join(timeout)
+    # -- the driver -----------------------------------------------------------------------------------
+    def has_work(self) -> bool:
+        return bool(self._ready)
 
-    # -- inference thread ------------------------------------------------------------------------
-    def _run(self) -> None:
-        try:
-            self._serve()
-        except BaseException as exc:  # whatever it was, nobody may be left waiting
-            self.failure = exc
-            log.critical("the inference thread died; failing every queued request", exc_info=exc)
-            self._fail_everything()
+    def fill_deadline(self) -> float | None:
+        """With max_delay: the time (perf_counter) until which to wait for a fuller batch, or None.
 
-    def _serve(self) -> None:
-        self.engine.enter_thread()
-        next_tick = time.monotonic() + self.config.tick
-        while True:
-            self.heartbeat = time.monotonic()
-            batch, inline = self._next_batch(next_tick)
-            for fn in inline:
-                self._guard(fn)
-            if batch is None:
-                return
-            if batch:
-                out: list[Delivery] = []
-                try:
-                    self.engine.run(batch, out)
-                except Exception:  # a bug must not take the whole server down: fail what it left unanswered
-                    log.exception("engine batch of %d session(s) failed", len(batch))
-                    self._fail_unanswered(batch, out)
-                self._requeue(batch)
-                self._post(out)
-            if time.monotonic() >= next_tick:
-                self._guard(self._housekeeping)
-                next_tick = time.monotonic() + self.config.tick
-
-    def _next_batch(self, next_tick: float) -> tuple[list[Run] | None, list[Callable[[], None]]]:
-        """Wait for work; return (batch, inline calls). batch None: stopped and drained."""
+        Only new work waits for company: when a running job continues (a generation's next
+        token, a prefill's next chunk), or the batch is already full, the batch runs at once.
+        Call with the lock held.
+        """
         cfg = self.config
-        with self._lock:
-            while not self._ready and not self._inline:
-                if self._stopping:
-                    return None, []
-                timeout = next_tick - time.monotonic()
-                if timeout <= 0:
-                    return [], []
-                self._idle = True
-                self._wakeup.wait(timeout)
-                self._idle = False
-                self.heartbeat = time.monotonic()
-            inline, self._inline = self._inline, []
-            if cfg.max_delay > 0:
-                self._wait_to_fill()
+        if cfg.max_delay <= 0 or not self._ready or len(self._ready) >= cfg.max_batch_size:
+            return None
+        heads = [self._queues[sid][0] for sid in self._ready]
+        if any(job.started for job in heads):
+            return None
+        return min(job.received for job in heads) + cfg.max_delay
+
+    def full(self) -> bool:
+        return len(self._ready) >= self.config.max_batch_size
+
+    def take_batch(self) -> list[Run]:
+        """The next batch (possibly empty); jobs cancelled before they started are dropped here."""
+        cfg = self.config
+        with self.lock:
             batch: list[Run] = []
             budget = cfg.max_batch_tokens
             dropped = 0
             while self._ready and len(batch) < cfg.max_batch_size and budget > 0:
                 sid = self._ready.popleft()
                 queue = self._queues[sid]
-                while queue and queue[0].cancelled and not queue[0].started:  # dropped before batching
+                while queue and queue[0].cancelled and not queue[0].started:
                     queue.popleft()
                     dropped += 1
                 if not queue:
@@ -188,28 +146,22 @@ class Scheduler:
                 batch.append(Run(sid, entries))
             self._queued -= dropped
             self.metrics.queue_depth.set(self._queued)
-            return batch, inline
+            return batch
 
-    def _wait_to_fill(self) -> None:
-        """Hold the batch until max_batch_size sessions have work or max_delay has passed since
-        the oldest waiting request arrived. Never when a running job continues (a generation's
-        next token, a prefill's next chunk): those do not wait for company."""
-        cfg = self.config
-        if not self._ready or any(self._queues[sid][0].started for sid in self._ready):
-            return
-        deadline = min(self._queues[sid][0].received for sid in self._ready) + cfg.max_delay
-        while len(self._ready) < cfg.max_batch_size and not self._stopping:
-            remaining = deadline - time.perf_counter()
-            if remaining <= 0:
-                return
-            self._idle = True
-            self._wakeup.wait(remaining)  # every submit wakes us to count again
-            self._idle = False
-            self.heartbeat = time.monotonic()
+    def step(self, batch: list[Run]) -> list[Delivery]:
+        """Run one batch on the engine and put its sessions back in line; what to deliver."""
+        out: list[Delivery] = []
+        try:
+            self.engine.run(batch, out)
+        except Exception:  # a bug must not take the whole server down: fail what it left unanswered
+            log.exception("engine batch of %d session(s) failed", len(batch))
+            self._fail_unanswered(batch, out)
+        self._requeue(batch)
+        return out
 
     def _requeue(self, batch: list[Run]) -> None:
         """Pop finished jobs; sessions with more work go to the back of the line."""
-        with self._lock:
+        with self.lock:
             for run in batch:
                 queue = self._queues[run.session_id]
                 while queue and queue[0].done:
@@ -237,27 +189,16 @@ class Scheduler:
                 self.metrics.count_failure(job.kind, error)
         self.engine.discard(sorted(set(discard)))
 
-    def _fail_everything(self) -> None:
-        error = RequestFailed(Code.INTERNAL, "internal error: the inference thread has stopped")
-        with self._lock:
+    def fail_everything(self, failure: BaseException) -> list[Delivery]:
+        """The engine stopped for good: every queued job fails with INTERNAL, and so does every later submit."""
+        error = RequestFailed(Code.INTERNAL, "internal error: the inference engine has stopped")
+        with self.lock:
+            self.failure = failure
             jobs = [job for queue in self._queues.values() for job in queue]
             self._queues.clear()
             self._ready.clear()
             self._queued = 0
-        self._post([(job, error) for job in jobs])
-
-    def _post(self, deliveries: list[Delivery]) -> None:
-        if deliveries and self._loop is not None:
-            # RuntimeError: the loop is closed, so nobody is waiting any more.
-            with contextlib.suppress(RuntimeError):
-                self._loop.call_soon_threadsafe(_deliver_all, deliveries)
-
-    @staticmethod
-    def _guard(fn: Callable[[], None]) -> None:
-        try:
-            fn()
-        except Exception:
-            log.exception("housekeeping task failed")
+        return [(job, error) for job in jobs]
 
 
 def _run_of(queue: deque[Job], room: int) -> tuple[list[tuple[Job, int]], int]:
@@ -284,6 +225,6 @@ def _run_of(queue: deque[Job], room: int) -> tuple[list[tuple[Job, int]], int]:
     return entries, used
 
 
-def _deliver_all(deliveries: list[Delivery]) -> None:
-    for job, payload in deliveries:
-        deliver(job, payload)
+def perf_deadline_to_wait(deadline: float) -> float:
+    """Seconds from now until a perf_counter deadline (0 when it has passed)."""
+    return max(0.0, deadline - time.perf_counter())

@@ -1,4 +1,4 @@
-"""The gRPC servicer: protobuf in, jobs to the scheduler, protobuf out. No tensor math here.
+"""The gRPC servicer: protobuf in, jobs to the engine, protobuf out. No tensor math here.
 
 Per-request problems on a Predict stream are answered in-band (`PredictResponse.error`) so
 the stream and its other sessions go on; problems with a whole call end it with a status.
@@ -20,6 +20,7 @@ from grpc import aio
 
 from seqpredict.server.answer_size import AnswerSizer, receive_limit
 from seqpredict.server.errors import Code, RequestFailed
+from seqpredict.server.handle import EngineHandle
 from seqpredict.server.jobs import (
     LIST_QUEUE,
     EndSessionJob,
@@ -38,7 +39,6 @@ from seqpredict.server.jobs import (
 from seqpredict.server.metrics import Metrics
 from seqpredict.server.model_card import ModelCard
 from seqpredict.server.paging import after_id, page_token
-from seqpredict.server.scheduler import Scheduler
 from seqpredict.server.session_blob import BlobCodec
 from seqpredict.server.sessions import SessionRecord
 from seqpredict.server.streams import DRAINED, END_OF_STREAM, OrderedAnswers, Unit, Window
@@ -73,7 +73,7 @@ def _optional(message: object, name: str) -> int | None:
 class SequencePredictorService(pb_grpc.SequencePredictorServicer):
     def __init__(
         self,
-        scheduler: Scheduler,
+        engine: EngineHandle,
         validator: Validator,
         card: ModelCard,
         model_info: pb.ModelInfo,
@@ -81,7 +81,7 @@ class SequencePredictorService(pb_grpc.SequencePredictorServicer):
         window: Window,
         max_answer_bytes: int,
     ) -> None:
-        self.scheduler = scheduler
+        self.engine = engine
         self.validator = validator
         self.metrics = metrics
         self.model_info = model_info
@@ -212,7 +212,7 @@ class SequencePredictorService(pb_grpc.SequencePredictorServicer):
         try:
             if isinstance(prepared, RequestFailed):
                 raise prepared
-            self.scheduler.submit(prepared)
+            self.engine.submit(prepared)
             return prepared
         except RequestFailed as exc:
             self.metrics.count_failure("predict", exc)
@@ -265,7 +265,7 @@ class SequencePredictorService(pb_grpc.SequencePredictorServicer):
                 vocab=self._texts,
                 sink=asyncio.Queue(),
             )
-            self.scheduler.submit(job)
+            self.engine.submit(job)
         except RequestFailed as exc:
             self.metrics.count_failure("generate", exc)
             await abort(context, exc)
@@ -368,7 +368,7 @@ class SequencePredictorService(pb_grpc.SequencePredictorServicer):
             if kind.per_session:
                 self.validator.session_id(session_id)
             job = kind(session_id, time.perf_counter(), future=asyncio.get_running_loop().create_future(), **own)
-            self.scheduler.submit(job)
+            self.engine.submit(job)
             result = await job.future  # type: ignore[misc]
         except RequestFailed as exc:  # refused before reaching the engine (which counts its own)
             self.metrics.count_failure(kind.kind, exc)

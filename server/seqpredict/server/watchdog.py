@@ -1,6 +1,6 @@
 """Health follows the inference thread: the server is only SERVING while it shows signs of life.
 
-The thread beats a heartbeat every batch and every idle tick. If it dies, the scheduler has
+The engine beats a heartbeat every batch and every idle tick. If it dies, the scheduler has
 already failed every queued request with INTERNAL; here health turns NOT_SERVING and the
 server is told to shut down (it exits non-zero, so an orchestrator restarts it from the last
 snapshot). If it is alive but silent for longer than `stall_s`, health is NOT_SERVING until
@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from seqpredict.server.scheduler import Scheduler
+from seqpredict.server.handle import EngineHandle
 
 log = logging.getLogger(__name__)
 
@@ -25,12 +25,12 @@ PERIOD_S = 0.25
 class Watchdog:
     def __init__(
         self,
-        scheduler: Scheduler,
+        engine: EngineHandle,
         stall_s: float,
         set_healthy: Callable[[str, bool], Awaitable[None]],
         on_death: Callable[[], None],
     ) -> None:
-        self.scheduler = scheduler
+        self.engine = engine
         self.stall_s = stall_s
         self._set_healthy = set_healthy
         self._on_death = on_death
@@ -39,15 +39,15 @@ class Watchdog:
     async def run(self) -> None:
         while True:
             await asyncio.sleep(PERIOD_S)
-            if not self.scheduler.alive:
+            if not self.engine.alive:
                 log.critical(
                     "the inference thread has stopped (%s): NOT_SERVING, shutting down",
-                    self.scheduler.failure or "exited",
+                    self.engine.failure or "exited",
                 )
                 await self._set_healthy("engine", False)
                 self._on_death()
                 return
-            stalled = time.monotonic() - self.scheduler.heartbeat > self.stall_s
+            stalled = time.monotonic() - self.engine.heartbeat > self.stall_s
             if stalled != self.stalled:
                 self.stalled = stalled
                 if stalled:
