@@ -49,7 +49,8 @@ def test_when_the_inference_thread_dies_calls_fail_internal_and_health_turns_not
         wait_until(lambda: health(server) == NOT_SERVING, "health follows the inference thread")
         assert server.app.fatal.is_set(), "the server is told to shut down (the CLI exits 1)"
         later = feed(stub, unique_id("later"), "x")
-        assert later.error.code == grpc.StatusCode.INTERNAL.value[0] and "inference engine has stopped" in later.error.message
+        assert later.error.code == grpc.StatusCode.INTERNAL.value[0]
+        assert "inference engine has stopped" in later.error.message
         with pytest.raises(grpc.RpcError) as err:
             list(stub.Generate(pb.GenerateRequest(session_id=unique_id("gen"), max_tokens=2), timeout=10))
         assert err.value.code() == grpc.StatusCode.INTERNAL
