@@ -305,7 +305,7 @@ def test_generate_argument_errors(client: Client) -> None:
 # -- model, health, connection ------------------------------------------------------------------------
 def test_model_info_describes_the_served_checkpoint(server, client: Client) -> None:
     info = client.model_info()
-    ckpt = server.app.checkpoint  # what the server loaded, even if the file changed since
+    ckpt = server.app.side.checkpoint  # what the server loaded, even if the file changed since
     assert info.fingerprint == ckpt.fingerprint and len(info.fingerprint) == 64
     assert info.name == ckpt.path.rsplit("/", 1)[-1]
     assert (info.cell, info.vocab_size) == (ckpt.config.cell, len(ckpt.vocab))

@@ -99,7 +99,7 @@ def test_metrics_move_and_pass_promtool(server, stub):
     assert delta("seqpredict_request_latency_seconds_count", kind="predict") == 1
     assert delta("seqpredict_request_latency_seconds_count", kind="generate") == 7
     assert delta("seqpredict_batch_size_count") >= 8
-    assert sample(after, "seqpredict_model_info", fingerprint=server.app.checkpoint.fingerprint) == 1
+    assert sample(after, "seqpredict_model_info", fingerprint=server.app.side.checkpoint.fingerprint) == 1
     assert sample(after, "seqpredict_state_pool_bytes") > 0
     for line in after.splitlines():
         assert "session_id" not in line and session not in line, "labels never carry a session id"
@@ -120,10 +120,10 @@ def test_a_bug_is_internal_with_a_logged_traceback_and_the_server_goes_on(server
         def session_id(self, value: str) -> str:
             raise RuntimeError("a bug")
 
-    validator = server.app.service.validator
+    validator = server.app.transport.service.validator
     broken = Broken(validator.vocab, validator.max_tokens_per_request, validator.max_generate_tokens)
     with monkeypatch.context() as patch:
-        patch.setattr(server.app.service, "validator", broken)
+        patch.setattr(server.app.transport.service, "validator", broken)
         with pytest.raises(grpc.RpcError) as err:
             stub.GetSession(pb.GetSessionRequest(session_id="x"), timeout=5)
         with pytest.raises(grpc.RpcError) as streamed:

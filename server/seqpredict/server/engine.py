@@ -80,7 +80,7 @@ class Engine:
         self.vocab = checkpoint.vocab
         self.pool = pool
         self.metrics = metrics
-        self.ops = SessionOps(pool, metrics)
+        self.ops = SessionOps(pool, metrics, tuple(checkpoint.vocab.chars))
         # Label children resolved once: a labels() lookup per job showed up in profiles.
         self._ok = {kind: metrics.requests.labels(kind, "OK") for kind in KINDS}
         self._latency = {kind: metrics.request_latency.labels(kind) for kind in KINDS}

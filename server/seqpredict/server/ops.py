@@ -21,9 +21,10 @@ DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 
 
 class SessionOps:
-    def __init__(self, pool: SessionPool, metrics: Metrics) -> None:
+    def __init__(self, pool: SessionPool, metrics: Metrics, vocabulary: tuple[str, ...] = ()) -> None:
         self.pool = pool
         self.metrics = metrics
+        self.vocabulary = vocabulary  # token id → text (Generate's stop strings)
         # Slots of sessions whose request spans batches (a long prefill, a generation): never evicted.
         self.busy: set[int] = set()
         # Slots used by the batch being run: not evicted to make room for another of its sessions.

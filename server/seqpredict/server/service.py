@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -256,13 +255,12 @@ class SequencePredictorService(pb_grpc.SequencePredictorServicer):
                 temperature=v.temperature(_optional(request, "temperature")),
                 top_k=v.top_k(_optional(request, "top_k"), None),
                 top_p=v.top_p(_optional(request, "top_p")),
-                rng=random.Random(_optional(request, "seed")),
+                seed=_optional(request, "seed"),
                 stop=v.stop(request.stop),
                 reset=request.reset,
                 end=request.end,
                 expected_position=_optional(request, "expected_position"),
                 expected_incarnation=_optional(request, "expected_incarnation"),
-                vocab=self._texts,
                 sink=asyncio.Queue(),
             )
             self.engine.submit(job)
@@ -291,7 +289,7 @@ class SequencePredictorService(pb_grpc.SequencePredictorServicer):
                     return
         finally:
             self.metrics.streams_active.dec()
-            job.cancelled = True  # cancelled or aborted: stop generating before the next batch
+            job.cancel()  # cancelled or aborted: stop generating before the next batch
 
     # -- sessions and model --------------------------------------------------------------------------
     async def GetSession(self, request: pb.GetSessionRequest, context: aio.ServicerContext) -> pb.SessionInfo:

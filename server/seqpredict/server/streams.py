@@ -108,5 +108,5 @@ class OrderedAnswers:
         for unit in self._units:
             for _, out in unit.entries:
                 if isinstance(out, PredictJob):
-                    out.cancelled = True
+                    out.cancel()
         self._units.clear()

@@ -17,6 +17,7 @@ Plain Python types only across the boundary: no protobuf; torch only as opaque l
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -85,9 +86,27 @@ class Job:
     done: bool = False
     created: bool = False  # this job created its session
     answered_at: float = 0.0  # when its last payload left the engine (per-token latency of a generation)
+    # Told when the caller goes away (a frontend forwards it to the engine process).
+    on_cancel: Callable[[Job], None] | None = None
 
     kind: ClassVar[str] = "session"  # the `kind` label of the request metrics
     per_session: ClassVar[bool] = True  # False: queued under a key of its own (ListSessions)
+    # The fields that cross to an engine in another process, in order (see `wire`).
+    WIRE_FIELDS: ClassVar[tuple[str, ...]] = ()
+
+    def cancel(self) -> None:
+        """The caller is gone: drop the job if it has not started; a started one finishes quietly."""
+        if not self.cancelled:
+            self.cancelled = True
+            if self.on_cancel is not None:
+                self.on_cancel(self)
+
+    def wire_values(self) -> list[Any]:
+        return [getattr(self, name) for name in self.WIRE_FIELDS]
+
+    @classmethod
+    def from_wire(cls, session_id: str, received: float, values: list[Any]) -> Job:
+        return cls(session_id, received, **dict(zip(cls.WIRE_FIELDS, values, strict=True)))
 
     def tokens_wanted(self) -> int:
         return 0

@@ -24,6 +24,7 @@ class ForkJob(FutureJob):
     replace: bool = False
 
     kind: ClassVar[str] = "fork"
+    WIRE_FIELDS: ClassVar[tuple[str, ...]] = ("target", "expected_position", "expected_incarnation", "replace")
 
     def start(self, ops: SessionOps, pending: int) -> SessionRecord:
         return ops.fork(self.session_id, self.target, self.expected_position, self.expected_incarnation, self.replace)

@@ -41,13 +41,13 @@ class GenerateJob(Job):
     temperature: float = 1.0
     top_k: int = 0  # 0: no limit
     top_p: float = 1.0
-    rng: random.Random = field(default_factory=random.Random)
+    seed: int | None = None  # the same seed from the same state gives the same text
+    rng: random.Random | None = None  # made from the seed where the job runs
     stop: tuple[str, ...] = ()
     reset: bool = False
     end: bool = False
     expected_position: int | None = None
     expected_incarnation: int | None = None
-    vocab: tuple[str, ...] = ()  # token id → text, for stop strings
     sink: asyncio.Queue[GenerateEvent] | None = None
     offset: int = 0  # prompt tokens fed so far
     generated: int = 0
@@ -55,6 +55,19 @@ class GenerateJob(Job):
     logits: Any = None  # next-token logits (a torch row) once the prompt is fed
 
     kind: ClassVar[str] = "generate"
+    WIRE_FIELDS: ClassVar[tuple[str, ...]] = (
+        "prompt",
+        "max_tokens",
+        "temperature",
+        "top_k",
+        "top_p",
+        "seed",
+        "stop",
+        "reset",
+        "end",
+        "expected_position",
+        "expected_incarnation",
+    )
 
     def tokens_wanted(self) -> int:
         return len(self.prompt) - self.offset if self.offset < len(self.prompt) else 1
@@ -63,6 +76,7 @@ class GenerateJob(Job):
         _slot, self.created = ops.open(
             self.session_id, self.expected_position, self.expected_incarnation, self.reset, pending
         )
+        self.rng = random.Random(self.seed)  # None: seeded from the system's randomness
 
     def chunk(self, allotted: int) -> Chunk | None:
         if self.offset < len(self.prompt):
@@ -70,7 +84,7 @@ class GenerateJob(Job):
             return Chunk(self.prompt[self.offset : end], answer=end == len(self.prompt), keep_logits=True)
         if self.cancelled:
             return None  # nobody reads the next token: stop here, between tokens
-        sampling = Sampling(self.temperature, self.top_k, self.top_p, self.rng.random(), self.logits)
+        sampling = Sampling(self.temperature, self.top_k, self.top_p, self.rng.random(), self.logits)  # type: ignore[union-attr]
         return Chunk([], answer=True, keep_logits=True, sample=sampling)
 
     def absorb(self, out: StepOutput, ops: SessionOps) -> GenerateEvent | None:
@@ -89,7 +103,7 @@ class GenerateJob(Job):
         )
         if self.stop:
             longest = max(len(s) for s in self.stop)
-            self.tail = (self.tail + self.vocab[out.sampled])[-longest:]
+            self.tail = (self.tail + ops.vocabulary[out.sampled])[-longest:]
             matched = next((s for s in self.stop if self.tail.endswith(s)), "")
             if matched:
                 event.finish, event.stop = "stop", matched

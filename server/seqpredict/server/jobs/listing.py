@@ -25,6 +25,7 @@ class ListJob(FutureJob):
     limit: int = 100
 
     kind: ClassVar[str] = "list"
+    WIRE_FIELDS: ClassVar[tuple[str, ...]] = ("prefix", "after", "limit")
     per_session: ClassVar[bool] = False
 
     def start(self, ops: SessionOps, pending: int) -> tuple[list[SessionRecord], bool]:

@@ -51,6 +51,16 @@ class PredictJob(Job):
     scores: list[float] = field(default_factory=list)
 
     kind: ClassVar[str] = "predict"
+    WIRE_FIELDS: ClassVar[tuple[str, ...]] = (
+        "tokens",
+        "top_k",
+        "all_steps",
+        "reset",
+        "end",
+        "expected_position",
+        "expected_incarnation",
+        "score",
+    )
 
     def tokens_wanted(self) -> int:
         return len(self.tokens) - self.offset

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from seqpredict.server.errors import RequestFailed
 from seqpredict.server.jobs.base import Job
@@ -34,6 +34,8 @@ class FutureJob(Job):
 
 @dataclass(eq=False, slots=True)
 class GetSessionJob(FutureJob):
+    WIRE_FIELDS: ClassVar[tuple[str, ...]] = ()
+
     def start(self, ops: SessionOps, pending: int) -> SessionRecord:
         return ops.record(self.session_id)
 

@@ -10,14 +10,14 @@ there are only tensors and numbers.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from seqpredict.server.jobs.session import FutureJob
+from seqpredict.server.session_state import SessionState
 from seqpredict.server.sessions import SessionRecord
 
 if TYPE_CHECKING:
     from seqpredict.server.ops import SessionOps
-    from seqpredict.server.session_state import SessionState
 
 
 @dataclass(eq=False, slots=True)
@@ -26,6 +26,7 @@ class ExportJob(FutureJob):
     expected_incarnation: int | None = None
 
     kind: ClassVar[str] = "export"
+    WIRE_FIELDS: ClassVar[tuple[str, ...]] = ("expected_position", "expected_incarnation")
 
     def start(self, ops: SessionOps, pending: int) -> tuple[SessionRecord, SessionState]:
         state = ops.export(self.session_id, self.expected_position, self.expected_incarnation)
@@ -38,6 +39,17 @@ class ImportJob(FutureJob):
     force: bool = False
 
     kind: ClassVar[str] = "import"
+    WIRE_FIELDS: ClassVar[tuple[str, ...]] = ("state", "force")
+
+    def wire_values(self) -> list[Any]:
+        state = self.state
+        assert state is not None
+        return [[state.position, state.incarnation, state.dtype, state.data], self.force]
+
+    @classmethod
+    def from_wire(cls, session_id: str, received: float, values: list[Any]) -> ImportJob:
+        (position, incarnation, dtype, data), force = values
+        return cls(session_id, received, state=SessionState(position, incarnation, dtype, data), force=force)
 
     def start(self, ops: SessionOps, pending: int) -> SessionRecord:
         assert self.state is not None, "an import carries the state it installs"

@@ -1,0 +1,149 @@
+"""A frontend's link to the engine process: the EngineHandle the service submits jobs to.
+
+Jobs submitted during one turn of the event loop leave in one message (one flush per turn,
+however many requests the turn handled); the engine's answers come back a batch per
+message and are delivered to the jobs' handlers exactly as the in-process inference thread
+delivers them. Cancels follow the jobs they cancel. The engine's status messages are the
+heartbeat; the engine process's exit (watched through a pidfd) fails every job in flight at
+once, so no call ever waits for an engine that is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+
+import zmq
+import zmq.asyncio
+
+from seqpredict.server.errors import Code, RequestFailed
+from seqpredict.server.jobs import Job, deliver
+from seqpredict.server.wire import ENCODER, FROM_ENGINE, JobSpec, ToEngine, decode_payload, job_spec
+
+log = logging.getLogger(__name__)
+
+ENGINE_GONE = "internal error: the inference engine has stopped"
+
+
+class RemoteEngine:
+    def __init__(self, endpoint: str, identity: str, engine_pid: int | None) -> None:
+        self.sock = zmq.asyncio.Context.instance().socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.IDENTITY, identity.encode())
+        self.sock.setsockopt(zmq.SNDHWM, 0)
+        self.sock.setsockopt(zmq.RCVHWM, 0)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(endpoint)
+        # The same socket, used synchronously for sends from the loop's thread: a send never waits
+        # (the queue is unbounded; what is in flight is bounded by the streams' windows).
+        self._sender = zmq.Socket.shadow(self.sock.underlying)
+        self.engine_pid = engine_pid
+        self.heartbeat = time.monotonic()
+        self.queued = 0
+        self._failure: str | None = None
+        self._pending: dict[int, Job] = {}
+        self._next_id = 0
+        self._jobs: list[JobSpec] = []
+        self._cancels: list[int] = []
+        self._flush_scheduled = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._pidfd: int | None = None
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._reader = self._loop.create_task(self._read())
+        self._sender.send(ENCODER.encode(ToEngine()), zmq.NOBLOCK)  # hello: the engine learns our identity
+        if self.engine_pid is not None:
+            self._pidfd = os.pidfd_open(self.engine_pid)
+            self._loop.add_reader(self._pidfd, self._engine_exited)
+
+    # -- EngineHandle -------------------------------------------------------------------------------------
+    @property
+    def alive(self) -> bool:
+        return self._failure is None
+
+    @property
+    def failure(self) -> str | None:
+        return self._failure
+
+    def submit(self, job: Job) -> None:
+        if self._failure is not None:
+            raise RequestFailed(Code.INTERNAL, ENGINE_GONE)
+        self._next_id += 1
+        wire_id = self._next_id
+        self._pending[wire_id] = job
+        job.on_cancel = lambda _job, wire_id=wire_id: self._cancel(wire_id)  # type: ignore[misc]
+        self._jobs.append(job_spec(job, wire_id))
+        self._schedule_flush()
+
+    # -- out -------------------------------------------------------------------------------------------------
+    def _cancel(self, wire_id: int) -> None:
+        if wire_id in self._pending:
+            self._cancels.append(wire_id)
+            self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled and self._loop is not None:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """One message for everything submitted in this turn of the loop."""
+        self._flush_scheduled = False
+        if not self._jobs and not self._cancels:
+            return
+        message = ToEngine(self._jobs, self._cancels)
+        self._jobs, self._cancels = [], []
+        try:
+            self._sender.send(ENCODER.encode(message), zmq.NOBLOCK)
+        except zmq.ZMQError as exc:  # cannot happen with an unbounded queue; never leave callers waiting
+            log.error("cannot send to the engine: %s", exc)
+            self._fail(f"{ENGINE_GONE} ({exc})")
+
+    # -- in --------------------------------------------------------------------------------------------------
+    async def _read(self) -> None:
+        while True:
+            data = await self.sock.recv()
+            try:
+                message = FROM_ENGINE.decode(data)
+            except Exception:
+                log.exception("undecodable message from the engine: dropped")
+                continue
+            if message.status is not None:
+                self.heartbeat = time.monotonic() - message.status.beat_age
+                self.queued = message.status.queued
+            for reply in message.replies:
+                job = self._pending.pop(reply.id, None) if reply.final else self._pending.get(reply.id)
+                if job is not None:
+                    deliver(job, decode_payload(reply.type, reply.value))
+
+    def _engine_exited(self) -> None:
+        log.critical("the engine process (pid %d) has exited", self.engine_pid)
+        self._fail(ENGINE_GONE)
+
+    def _fail(self, reason: str) -> None:
+        """Every job in flight fails with INTERNAL, and so does every later submit."""
+        if self._failure is None:
+            self._failure = reason
+        self._close_pidfd()
+        error = RequestFailed(Code.INTERNAL, ENGINE_GONE)
+        pending, self._pending = self._pending, {}
+        for job in pending.values():
+            deliver(job, error)
+
+    def _close_pidfd(self) -> None:
+        if self._pidfd is not None and self._loop is not None:
+            self._loop.remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = None
+
+    async def close(self) -> None:
+        self._close_pidfd()
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        self.sock.close(0)
