@@ -1,10 +1,20 @@
-"""Shared fixtures: a real server on 127.0.0.1 (port 0) and ways to reach it."""
+"""Shared fixtures: a real server on 127.0.0.1 (port 0) and ways to reach it.
+
+The server comes in both shapes the product has: one process (`RunningServer`: in this
+process, on its own event loop thread; tests may look inside it) and the default shape —
+an engine process behind a gRPC frontend process under a supervisor (`ProcessServer`: a
+child process, seen only from outside). The shared `server` and `limited` fixtures run
+every test that uses them against both.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import shutil
+import tempfile
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -17,6 +27,9 @@ from seqpredict.server.config import Settings, default_checkpoint
 from seqpredict.v1 import seqpredict_pb2_grpc as pb_grpc
 from tests.badinput import LIMITED as BADINPUT_LIMITS
 from tests.bystanders import Bystanders
+from tests.serverproc import ServerProcess
+
+SERVER_SHAPES = ("one-process", "processes")
 
 
 class RunningServer:
@@ -52,6 +65,50 @@ class RunningServer:
             self.loop.close()
 
 
+class ProcessServer:
+    """The multi-process server (supervisor, engine process, frontends) as a child process."""
+
+    def __init__(self, frontends: int = 1, **overrides: Any) -> None:
+        self.dir = tempfile.mkdtemp(prefix="seqpredict-test-")
+        flags = [f"--frontends={frontends}", *_flags(overrides)]
+        self.process = ServerProcess(Path(self.dir) / "server.log", *flags)
+        self.address = self.process.address
+        self.metrics_url = self.process.metrics_url
+
+    def channel(self) -> grpc.Channel:
+        return grpc.insecure_channel(self.address)
+
+    def stub(self) -> pb_grpc.SequencePredictorStub:
+        return pb_grpc.SequencePredictorStub(self.channel())
+
+    def log(self) -> str:
+        return self.process.log()
+
+    def stop(self) -> None:
+        self.process.signal()
+        try:
+            status = self.process.wait(90)
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
+        assert status == 0, f"the server exited with {status}"
+
+
+def _flags(overrides: dict[str, Any]) -> list[str]:
+    flags = []
+    for name, value in overrides.items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(flag if value else "--no-" + flag[2:])
+        else:
+            flags.append(f"{flag}={value}")
+    return flags
+
+
+def start_server(shape: str, **overrides: Any) -> RunningServer | ProcessServer:
+    """The server in `shape` ("one-process" or "processes") with settings `overrides`."""
+    return RunningServer(**overrides) if shape == "one-process" else ProcessServer(**overrides)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _one_torch_thread() -> Iterator[None]:
     """One torch thread for the whole run, as the server uses: small matmuls on two shared,
@@ -68,9 +125,17 @@ def checkpoint():
     return load_checkpoint(default_checkpoint())
 
 
+@pytest.fixture(scope="module", params=SERVER_SHAPES)
+def server(request: pytest.FixtureRequest) -> Iterator[RunningServer | ProcessServer]:
+    """One server with default settings, shared by a test module — once in each shape."""
+    running = start_server(request.param)
+    yield running
+    running.stop()
+
+
 @pytest.fixture(scope="module")
-def server() -> Iterator[RunningServer]:
-    """One server with default settings, shared by a test module."""
+def local_server() -> Iterator[RunningServer]:
+    """A one-process server, for tests that look inside it (fault injection, internals)."""
     running = RunningServer()
     yield running
     running.stop()
@@ -96,10 +161,10 @@ def vocab(checkpoint: Checkpoint) -> Vocabulary:
     return checkpoint.vocab
 
 
-@pytest.fixture(scope="module")
-def limited() -> Iterator[RunningServer]:
-    """A server with small request limits (tokens per request, message size, per-session queue)."""
-    running = RunningServer(**BADINPUT_LIMITS)
+@pytest.fixture(scope="module", params=SERVER_SHAPES)
+def limited(request: pytest.FixtureRequest) -> Iterator[RunningServer | ProcessServer]:
+    """A server with small request limits (tokens per request, message size, stream window) — in each shape."""
+    running = start_server(request.param, **BADINPUT_LIMITS)
     yield running
     running.stop()
 

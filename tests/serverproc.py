@@ -1,7 +1,13 @@
-"""The real server as a separate process, for tests of signals, restarts and resource use."""
+"""The real server as a separate process, for tests of signals, restarts and resource use.
+
+The server may be several processes (a supervisor, an engine, frontends): it runs in a
+process group of its own, signals go to the supervisor as an orchestrator sends them, and
+`kill()` kills the whole group at once, as a crash or an OOM kill of a container does.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -43,7 +49,9 @@ class ServerProcess:
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("SEQPREDICT_")}
         full_env.update(env or {})
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in wait()/kill()
-        self.proc = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=full_env)
+        self.proc = subprocess.Popen(
+            command, stdout=self._log, stderr=subprocess.STDOUT, env=full_env, start_new_session=True
+        )
         if wait:
             self.wait_serving()
 
@@ -81,13 +89,33 @@ class ServerProcess:
         finally:
             self._log.close()
 
+    def pids(self) -> list[int]:
+        """Every process of the server (its process group)."""
+        found = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    stat = (entry / "stat").read_text()
+                except OSError:
+                    continue
+                if int(stat.rsplit(")", 1)[1].split()[2]) == self.proc.pid:  # field 5: the process group
+                    found.append(int(entry.name))
+        return found
+
     def rss_bytes(self) -> int:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        raise RuntimeError("no VmRSS")
+        """Resident memory of all the server's processes together."""
+        total = 0
+        for pid in self.pids():
+            try:
+                lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+            except OSError:
+                continue
+            total += next((int(x.split()[1]) * 1024 for x in lines if x.startswith("VmRSS:")), 0)
+        return total
 
     def kill(self) -> None:
+        """SIGKILL to every process of the server at once: a crash."""
         if self.proc.poll() is None:
-            self.proc.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
         self.wait()

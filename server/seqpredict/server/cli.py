@@ -1,8 +1,11 @@
 """`seqpredict-server`: read the settings, serve until SIGTERM/SIGINT, shut down in order.
 
-Exit codes: 0 after a clean drain; 1 when the final snapshot failed or the inference thread
-died (the orchestrator should restart us; sessions come back from the last snapshot);
-2 for a bad setting or anything else that stops the server at start-up.
+With `--frontends N` (N >= 1) the server is N gRPC frontend processes in front of one engine
+process, under a supervisor (`supervisor`); with `--frontends 0`, one process (`app`).
+
+Exit codes: 0 after a clean drain; 1 when the final snapshot failed or the engine died (the
+orchestrator should restart us; sessions come back from the last snapshot); 2 for a bad
+setting or anything else that stops the server at start-up.
 """
 
 from __future__ import annotations
@@ -12,16 +15,20 @@ import logging
 import os
 import signal
 import sys
+from dataclasses import fields
 
 from seqpredict.models import CheckpointError
-from seqpredict.server.app import create_server
-from seqpredict.server.config import Settings
+from seqpredict.server.config import ENV_PREFIX, Settings
+from seqpredict.server.envcheck import unknown_variables
+from seqpredict.server.logs import configure_logging
 from seqpredict.server.snapshotter import StartupError
 
 log = logging.getLogger("seqpredict.server")
 
 
-async def serve(settings: Settings) -> int:
+async def serve_one_process(settings: Settings) -> int:
+    from seqpredict.server.app import create_server  # torch, only where the engine runs in this process
+
     app = await create_server(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -53,12 +60,16 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"seqpredict-server: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    configure_logging(settings.log_level, "supervisor" if settings.frontends else None)
     log.info("settings:\n%s", settings.describe())
+    for warning in unknown_variables(os.environ, (ENV_PREFIX + f.name.upper() for f in fields(Settings))):
+        log.warning("%s", warning)
     try:
-        return asyncio.run(serve(settings))
+        if settings.frontends == 0:
+            return asyncio.run(serve_one_process(settings))
+        from seqpredict.server.supervisor import run
+
+        return run(settings)
     except (CheckpointError, StartupError) as exc:
         log.error("%s", exc)
         return 2

@@ -39,6 +39,13 @@ class Settings:
     metrics_port: int = dataclasses.field(default=9095, metadata=_meta("metrics HTTP port (0: pick a free one)"))
     checkpoint: str = dataclasses.field(default_factory=default_checkpoint, metadata=_meta("checkpoint file to serve"))
 
+    # Processes: the engine (model, sessions) in its own process, gRPC in `frontends` processes in
+    # front of it (one per core that is not the engine's); 0 runs everything in one process.
+    frontends: int = dataclasses.field(
+        default=1,
+        metadata=_meta("gRPC frontend processes in front of the engine process (0: one process for everything)"),
+    )
+
     # Batching. 256 sessions per batch amortises the per-batch cost; 0 delay never waits.
     max_batch_size: int = dataclasses.field(default=256, metadata=_meta("sessions per engine batch (1: no batching)"))
     max_batch_tokens: int = dataclasses.field(default=2048, metadata=_meta("tokens per engine batch"))
@@ -154,6 +161,8 @@ class Settings:
         for name in ("port", "metrics_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise ValueError(f"{name} must be a port number 0-65535, got {getattr(self, name)}")
+        if self.frontends < 0:
+            raise ValueError(f"frontends must be >= 0, got {self.frontends}")
         if self.onednn_cache_capacity < 0:
             raise ValueError(f"onednn_cache_capacity must be >= 0, got {self.onednn_cache_capacity}")
         for name in ("max_delay_ms", "grace_s", "snapshot_interval_s", "max_connection_idle_s", "max_connection_age_s"):

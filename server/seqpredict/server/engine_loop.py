@@ -12,6 +12,7 @@ how it knows the engine lives.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import defaultdict
 
@@ -28,7 +29,7 @@ STATUS_PERIOD_S = 0.25
 
 
 class EngineLoop:
-    def __init__(self, side: EngineSide, endpoint: str) -> None:
+    def __init__(self, side: EngineSide, endpoint: str, parent_pid: int | None = None) -> None:
         self.side = side
         self.scheduler = side.scheduler
         self.sock = zmq.Context.instance().socket(zmq.ROUTER)
@@ -38,6 +39,12 @@ class EngineLoop:
         self.sock.setsockopt(zmq.RCVHWM, 0)
         self.sock.setsockopt(zmq.LINGER, 1000)
         self.sock.bind(endpoint)
+        self.poller = zmq.Poller()
+        self.poller.register(self.sock, zmq.POLLIN)
+        # The supervisor's exit (even SIGKILL) is readable on a pidfd: then stop as if asked to.
+        self.parent_fd = os.pidfd_open(parent_pid) if parent_pid is not None else None
+        if self.parent_fd is not None:
+            self.poller.register(self.parent_fd, zmq.POLLIN)
         self.peers: set[bytes] = set()
         self.jobs: dict[tuple[bytes, int], Job] = {}  # jobs in flight, by (frontend, its id): for cancels
         self.origin: dict[int, tuple[bytes, int]] = {}  # id(job) → (frontend, its id)
@@ -52,8 +59,14 @@ class EngineLoop:
         next_tick = next_status = time.monotonic()
         while True:
             self.heartbeat = now = time.monotonic()
-            if self.sock.poll(self._timeout_ms(now, next_tick, next_status)):
+            events = dict(self.poller.poll(self._timeout_ms(now, next_tick, next_status)))
+            if self.sock in events:
                 self._receive()
+            if self.parent_fd is not None and self.parent_fd in events:
+                log.error("the supervisor is gone: finishing what is queued, then stopping")
+                self.poller.unregister(self.parent_fd)
+                self.parent_fd = None
+                self.request_stop()
             if self.stop_requested and not scheduler.has_work():
                 break
             if scheduler.has_work() and self._batch_may_go():
@@ -101,8 +114,7 @@ class EngineLoop:
             self.peers.add(peer)
             if message.stop:
                 log.info("asked to stop: finishing %d queued request(s)", self.scheduler.queued)
-                self.stop_requested = True
-                self.scheduler.stopping = True
+                self.request_stop()
             received, jobs = time.perf_counter(), []
             for spec in message.jobs:
                 job = job_from_spec(spec, received)
@@ -117,6 +129,11 @@ class EngineLoop:
         for job, _error in refused:
             job.done = True
         self._send(refused)  # type: ignore[arg-type]
+
+    def request_stop(self) -> None:
+        """Refuse new jobs, finish the queued ones, then `run` returns."""
+        self.stop_requested = True
+        self.scheduler.stopping = True
 
     # -- messages out -----------------------------------------------------------------------------------
     def _send(self, deliveries: list[Delivery]) -> None:

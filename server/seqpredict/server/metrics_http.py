@@ -71,8 +71,13 @@ def start_metrics_server(
             super().do_GET()
 
     Handler.registry = registry
+    return start_http(host, port, Handler, max_connections)
+
+
+def start_http(host: str, port: int, handler: type, max_connections: int = MAX_CONNECTIONS) -> ThreadingHTTPServer:
+    """A bounded HTTP server for `handler` on a daemon thread (also the supervisor's merged endpoint)."""
     family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
     server_class = type("MetricsServer", (_Server,), {"address_family": family})
-    server = server_class((host, port), Handler, max_connections)
+    server = server_class((host, port), handler, max_connections)
     threading.Thread(target=server.serve_forever, name="seqpredict-metrics", daemon=True).start()
     return server
