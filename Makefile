@@ -29,9 +29,10 @@ $(BIN)/pip:
 	$(BIN)/pip install --quiet --upgrade pip
 
 # torch is pinned exactly: 2.13.0 is a local CPU wheel here; anything looser pulls a CUDA build.
-$(STAMP): pyproject.toml | $(BIN)/pip
+# The client distribution first: the server's `seqpredict-client==…` is then this checkout's.
+$(STAMP): pyproject.toml client/pyproject.toml | $(BIN)/pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e ./client -e '.[dev]'
 	touch $@
 
 install: $(STAMP) $(GEN)
