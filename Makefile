@@ -14,11 +14,12 @@ TRAIN_ENV := MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=1717986918
 TRAIN_FLAGS := --hidden-size 256 --num-layers 2 --embed-dim 64 --dropout 0.2 --batch-size 64 --seq-len 128 \
 	--lr 2e-3 --max-steps 12000 --eval-every 500 --seed 1234
 
-.PHONY: help install system-deps gen run test test-fast lint format train eval bench bench-short soak clean
+.PHONY: help install system-deps docker-deps gen run test test-fast test-docker lint format train eval bench bench-short soak clean
 
 help:
 	@echo "make run        start the server on the shipped checkpoint (127.0.0.1:50051, metrics :9095)"
-	@echo "make test       lint + the whole test suite"
+	@echo "make test       lint + the whole test suite (not the Docker tests)"
+	@echo "make test-docker build and run the image and the compose stack on a private Docker engine (5-7 min cold)"
 	@echo "make train      train the default checkpoint from scratch (about an hour on 2 cores)"
 	@echo "make eval       evaluate the shipped checkpoint on the validation plays"
 	@echo "make bench      full benchmark (writes bench/RESULTS.md); make bench-short for a quick one"
@@ -50,6 +51,20 @@ system-deps:
 	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
 	fi
 
+# And for `make test-docker`: a Docker engine of the tests' own, and mmdebstrap for a stand-in
+# base image when Docker Hub cannot be reached.
+DOCKER_TOOLS := dockerd:docker.io containerd:containerd runc:runc iptables:iptables mmdebstrap:mmdebstrap \
+	$(SYSTEM_TOOLS)
+docker-deps:
+	@missing=""; for pair in $(DOCKER_TOOLS); do \
+	  command -v $${pair%%:*} >/dev/null || [ -x /usr/sbin/$${pair%%:*} ] || missing="$$missing $${pair#*:}"; done; \
+	if [ -n "$$missing" ]; then \
+	  sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+	  echo "installing from Debian:$$missing"; \
+	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
 $(GEN): $(PROTO) $(STAMP)
 	$(PY) protos/generate.py
 
@@ -68,10 +83,14 @@ format: install
 	$(BIN)/ruff check --fix .
 
 test: lint system-deps
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -m "not docker"
+
+# -s: the Docker tests print their progress (engine, base image, build steps, figures) as they go.
+test-docker: install docker-deps
+	$(BIN)/pytest -s -rs -p no:cacheprovider -m docker tests/docker
 
 test-fast: install
-	$(BIN)/pytest -q -m "not slow"
+	$(BIN)/pytest -q -m "not slow and not docker"
 
 train: install
 	$(TRAIN_ENV) $(BIN)/seqpredict-train --train $(DATA)/shakespeare-train.txt --val $(DATA)/shakespeare-val.txt \
@@ -91,4 +110,4 @@ soak: install
 	$(PY) bench/soak.py $(SOAK_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache protos/seqpredict/v1/*_pb2*.py protos/seqpredict/v1/*_pb2*.pyi
+	rm -rf $(VENV) .pytest_cache .ruff_cache build client/build protos/seqpredict/v1/*_pb2*.py protos/seqpredict/v1/*_pb2*.pyi
