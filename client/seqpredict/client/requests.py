@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from seqpredict.client.errors import SeqpredictError, ServerError, from_request_error
+from seqpredict.client.ranges import check_request_numbers
 from seqpredict.client.types import Prediction
 from seqpredict.v1 import seqpredict_pb2 as pb
 
@@ -56,6 +57,7 @@ def predict_request(
     session_id: str, feed: FeedRequest, expected_position: int | None, request_id: int = 0
 ) -> pb.PredictRequest:
     """`expected_position` is the one to send (the feed's own, or the strict session's)."""
+    check_request_numbers(tokens=feed.input, top_k=feed.top_k, expected_position=expected_position)
     req = pb.PredictRequest(
         session_id=session_id, all_steps=feed.all_steps, reset=feed.reset, end=feed.end, request_id=request_id
     )
@@ -89,6 +91,13 @@ class GenerateOptions:
 
 
 def generate_request(session_id: str, opts: GenerateOptions, expected_position: int | None) -> pb.GenerateRequest:
+    check_request_numbers(
+        tokens=opts.prompt or (),
+        top_k=opts.top_k,
+        max_tokens=opts.max_tokens,
+        seed=opts.seed,
+        expected_position=expected_position,
+    )
     req = pb.GenerateRequest(
         session_id=session_id, max_tokens=opts.max_tokens, stop=list(opts.stop), reset=opts.reset, end=opts.end
     )

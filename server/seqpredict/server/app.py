@@ -9,6 +9,7 @@ warm-up step ran. `App.stop(grace)` is the drain: health NOT_SERVING → new cal
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from seqpredict.server.config import Settings
 from seqpredict.server.engine import Engine
 from seqpredict.server.interceptor import RpcGuard
 from seqpredict.server.metrics import Metrics
+from seqpredict.server.ports import PortInUse, check_free, in_use_message
 from seqpredict.server.scheduler import BatchingConfig, Scheduler
 from seqpredict.server.service import SequencePredictorService, build_model_info
 from seqpredict.server.sessions import SessionPool
@@ -100,6 +102,8 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
 
 async def create_server(settings: Settings) -> App:
     """Load the checkpoint, build every layer, restore sessions, bind the ports and start serving."""
+    check_free("gRPC", settings.host, settings.port, "--port")
+    check_free("metrics", settings.metrics_host, settings.metrics_port, "--metrics-port")
     torch.set_num_threads(settings.torch_threads)
     # oneDNN keeps a compiled primitive per nn.LSTM input shape and reads its cache size from the
     # environment once, at the first prefill (warm-up, below). 1024 shapes cost ~250 MB of RSS
@@ -196,10 +200,22 @@ async def create_server(settings: Settings) -> App:
         reflection.enable_server_reflection((SERVICE_NAME, HEALTH_NAME, reflection.SERVICE_NAME), server)
     address = f"{settings.host}:{settings.port}"
     credentials = server_credentials(settings)
-    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    try:
+        port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    except RuntimeError:  # taken since check_free (a race), or an address grpc cannot bind
+        port = 0
     if port == 0:
-        raise OSError(f"cannot listen on {address}")
-    metrics_http, _ = start_http_server(settings.metrics_port, addr=settings.metrics_host, registry=metrics.registry)
+        check_free("gRPC", settings.host, settings.port, "--port")
+        raise OSError(f"cannot listen on {address} (--host / --port)")
+    try:
+        metrics_http, _ = start_http_server(
+            settings.metrics_port, addr=settings.metrics_host, registry=metrics.registry
+        )
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        message = in_use_message("metrics", settings.metrics_host, settings.metrics_port, "--metrics-port")
+        raise PortInUse(message) from None
     metrics.sessions_limit.set(settings.max_sessions)
     metrics.model.info(
         {

@@ -7,10 +7,12 @@ import logging
 import os
 import signal
 import sys
+from dataclasses import fields
 
 from seqpredict.models import CheckpointError
 from seqpredict.server.app import create_server
-from seqpredict.server.config import Settings
+from seqpredict.server.config import ENV_PREFIX, Settings
+from seqpredict.server.envcheck import unknown_variables
 
 log = logging.getLogger("seqpredict.server")
 
@@ -43,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
     log.info("settings:\n%s", settings.describe())
+    for warning in unknown_variables(os.environ, (ENV_PREFIX + f.name.upper() for f in fields(Settings))):
+        log.warning("%s", warning)
     try:
         asyncio.run(serve(settings))
     except CheckpointError as exc:
