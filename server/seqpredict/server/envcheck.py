@@ -15,6 +15,7 @@ READ_ELSEWHERE = {
     "SEQPREDICT_TARGET": "the seqpredict CLI's server address",
     "SEQPREDICT_TOKEN": "the seqpredict CLI's bearer token",
     "SEQPREDICT_DOCKER_REQUIRED": "make test-docker in CI",
+    "SEQPREDICT_TEST_DOCKERD": "the Docker tests' daemon binary",
 }
 
 
