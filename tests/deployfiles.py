@@ -97,6 +97,14 @@ class Stage:
         assert len(found) == 1, f"stage {self.name!r} has {len(found)} {keyword} instructions, expected one"
         return found[0]
 
+    def args(self) -> dict[str, str]:
+        """The stage's ARG defaults (`ARG NAME=default`), as a build without --build-arg sees them."""
+        found = {}
+        for args in self.all("ARG"):
+            name, _, default = args.partition("=")
+            found[name.strip()] = default.strip()
+        return found
+
     def env(self) -> dict[str, str]:
         """ENV key=value pairs, in order (values kept literal: `$PATH` stays `$PATH`)."""
         env: dict[str, str] = {}
@@ -235,9 +243,15 @@ def build_context(dest: Path) -> list[str]:
 
 
 def replay_copies(stage: Stage, context: Path, root: Path) -> Path:
-    """Apply a stage's WORKDIR and COPY (from the context, not --from) under `root`; returns the last WORKDIR."""
+    """Apply a stage's WORKDIR and COPY (from the context, not --from) under `root`; returns the last WORKDIR.
+
+    `${NAME}` in a COPY is the stage's ARG default, as in a build without --build-arg.
+    """
     workdir = "/"
+    defaults = stage.args()
     for keyword, args in stage.instructions:
+        for name, default in defaults.items():
+            args = args.replace("${" + name + "}", default)
         if keyword == "WORKDIR":
             workdir = os.path.join(workdir, args)
             (root / workdir.lstrip("/")).mkdir(parents=True, exist_ok=True)

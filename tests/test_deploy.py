@@ -12,6 +12,7 @@ that .dockerignore leaves, down to the wheel the image installs.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import signal
@@ -473,10 +474,21 @@ def test_dashboard_is_valid_and_every_query_is_among_the_checked_ones():
 # -- the image build stage, replayed ----------------------------------------------------------------
 def test_dockerfile_stages_are_what_the_stack_relies_on():
     build, runtime = dockerfile_stages()
-    runs = "\n".join(build.all("RUN"))
-    assert "--index-url https://download.pytorch.org/whl/cpu torch==2.13.0" in runs, "CPU-only torch"
-    assert "python protos/generate.py" in runs and "pip install ." in runs and "pip install -e" not in runs
-    assert runs.index("python protos/generate.py") < runs.index("pip install ."), "generate, then install"
+    args = build.args()
+    assert args["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu", "CPU-only torch by default"
+    assert args["INDEX_URL"] == "https://pypi.org/simple" and args["WHEELS"] == "deploy/image/wheels"
+    runs = build.all("RUN")
+    (torch_step,) = [r for r in runs if "torch==2.13.0" in r]
+    # torch itself only from its own index or the wheel folder (never INDEX_URL: PyPI's is CUDA), then checked.
+    assert "pip install --no-deps $torch_from --find-links /wheels torch==2.13.0" in torch_step
+    assert 'torch_from="--index-url $TORCH_INDEX_URL"' in torch_step and "INDEX_URL $INDEX_URL" not in torch_step
+    assert torch_step.rstrip().endswith("python /build/check_cpu_torch.py")
+    (install,) = [r for r in runs if "protos/generate.py" in r]
+    assert install.index("python protos/generate.py") < install.index(
+        "pip install $from --find-links /wheels ./client ."
+    )
+    assert "pip install -e" not in install and "uninstall --yes grpcio-tools" in install
+    assert install.index("./client .") < install.index("check_cpu_torch.py") < install.index("slim.py /opt/seqpredict")
 
     assert runtime.base == build.base and "-slim" in runtime.base, "a slim runtime on the build's Python"
     runtime_runs = "\n".join(runtime.all("RUN"))
@@ -493,40 +505,74 @@ def test_dockerfile_stages_are_what_the_stack_relies_on():
     assert "health" in command[-1] and duration_s(options["timeout"]) > 3
 
 
+def test_the_torch_check_refuses_anything_but_the_cpu_build_of_the_pin():
+    """deploy/image/check_cpu_torch.py, which fails the image build; tests/docker runs it in a real build."""
+    script = ROOT / "deploy" / "image" / "check_cpu_torch.py"
+    spec = importlib.util.spec_from_file_location("check_cpu_torch", script)
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    assert check.problems("2.13.0+cpu", None, None, ["torch", "numpy", "filelock"]) == []
+    (gpu,) = check.problems("2.13.0", "12.8", None, ["torch"])
+    assert "GPU build (CUDA 12.8" in gpu
+    assert "GPU libraries" in check.problems("2.13.0+cpu", None, None, ["torch", "nvidia-cublas-cu12", "triton"])[0]
+    assert "pins torch==2.13.0" in check.problems("2.14.0+cpu", None, None, ["torch"])[0]
+    assert check.problems("2.13.0+rocm6.4", None, "6.4", ["torch"]), "ROCm is not the CPU build either"
+    here = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
+    assert here.returncode == 0 and "CPU build: ok" in here.stdout, here.stderr
+
+
+def wheel_members(wheel: Path) -> tuple[set[str], str, str]:
+    """(file names, entry_points.txt, METADATA) of a wheel."""
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        entry_points = next((archive.read(n).decode() for n in names if n.endswith("entry_points.txt")), "")
+        metadata = next(archive.read(n).decode() for n in names if n.endswith(".dist-info/METADATA"))
+    return names, entry_points, metadata
+
+
 @pytest.mark.slow
 def test_image_build_stage_generates_the_code_and_installs_the_checkpoint(tmp_path):
     """The build stage on the build context .dockerignore leaves: COPY, protos/generate.py,
-    then the wheel `pip install .` would install."""
+    then the two wheels `pip install ./client .` would install."""
     context = tmp_path / "context"
     sent = build_context(context)
-    for excluded in (".venv/", ".git/", "models/data/", "bench/out/", "tests/"):
+    for excluded in (".venv/", ".git/", "models/data/", "bench/out/", "tests/", "deploy/prometheus/"):
         assert not any(path.startswith(excluded) for path in sent), f"{excluded} must not be in the build context"
     assert not any("_pb2" in path for path in sent), "generated code must come from the build, not the tree"
-    size_mb = sum((context / p).stat().st_size for p in sent) / 1e6
-    print(f"build context: {len(sent)} files, {size_mb:.1f} MB")
+    for helper in ("deploy/image/check_cpu_torch.py", "deploy/image/slim.py", "deploy/image/wheels/README.md"):
+        assert helper in sent, f"the build needs {helper}"
+    size_mb = sum((context / p).stat().st_size for p in sent if not p.endswith(".whl")) / 1e6
+    print(f"build context: {len(sent)} files, {size_mb:.1f} MB besides wheels")
 
     build = dockerfile_stages()[0]
     src = replay_copies(build, context, tmp_path / "build")
+    assert (tmp_path / "build" / "wheels" / "README.md").is_file(), "COPY ${WHEELS}/ /wheels/ with the default"
     generate = subprocess.run([sys.executable, "protos/generate.py"], cwd=src, capture_output=True, text=True)
     assert generate.returncode == 0, generate.stderr
     wheels = tmp_path / "wheels"
-    pip = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet", "-w", str(wheels), "."]
-    built = subprocess.run(pip, cwd=src, capture_output=True, text=True)
+    pip = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet", "-w", str(wheels)]
+    built = subprocess.run([*pip, "./client", "."], cwd=src, capture_output=True, text=True)
     assert built.returncode == 0, built.stderr
-    (wheel,) = wheels.glob("seqpredict-*.whl")
-    with zipfile.ZipFile(wheel) as archive:
-        names = set(archive.namelist())
-        entry_points = next(archive.read(n).decode() for n in names if n.endswith("entry_points.txt"))
+
+    (client,) = wheels.glob("seqpredict_client-*.whl")
+    names, entry_points, metadata = wheel_members(client)
     for member in (
         "seqpredict/v1/seqpredict_pb2.py",
         "seqpredict/v1/seqpredict_pb2_grpc.py",
-        "seqpredict/server/cli.py",
         "seqpredict/client/cli.py",
-        SHIPPED,
     ):
-        assert member in names, f"the image would lack {member}"
-    assert "seqpredict-server = seqpredict.server.cli:main" in entry_points
+        assert member in names, f"the client wheel would lack {member}"
     assert "seqpredict = seqpredict.client.cli:main" in entry_points
+    requires = [line for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
+    assert requires and not [r for r in requires if "torch" in r or "seqpredict" in r], requires
+
+    (server,) = wheels.glob("seqpredict-*.whl")
+    names, entry_points, metadata = wheel_members(server)
+    for member in ("seqpredict/server/cli.py", "seqpredict/models/network.py", SHIPPED):
+        assert member in names, f"the server wheel would lack {member}"
+    assert not any(n.startswith(("seqpredict/client/", "seqpredict/v1/")) for n in names), "those are the client's"
+    assert "seqpredict-server = seqpredict.server.cli:main" in entry_points
+    assert "Requires-Dist: seqpredict-client==0.1.0" in metadata and "Requires-Dist: torch==2.13.0" in metadata
 
     # And the load generator's files the runtime stage copies are all it needs (run in test (c)).
     runtime_root = tmp_path / "runtime"

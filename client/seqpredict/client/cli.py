@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from seqpredict.client import render
+from seqpredict.client.arguments import ESCAPES_HELP, escapes, integer, positive_seconds, token_ids
 from seqpredict.client.channel import DEFAULT_TARGET
 from seqpredict.client.errors import (
     InvalidArgument,
@@ -24,7 +25,9 @@ from seqpredict.client.errors import (
     Unauthenticated,
     Unavailable,
 )
+from seqpredict.client.ranges import UINT32, UINT64
 from seqpredict.client.sync import Client
+from seqpredict.client.version import version_line
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -63,20 +66,6 @@ class CliError(Exception):
     """A problem found before any call, reported as one line with EXIT_USAGE."""
 
 
-def _token_ids(value: str) -> list[int]:
-    try:
-        return [int(part) for part in value.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated token ids like 1,2,3, got {value!r}") from None
-
-
-def _non_negative(value: str) -> int:
-    number = int(value)
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {number}")
-    return number
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="seqpredict",
@@ -84,8 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.set_defaults(version_line=version_line("seqpredict", "seqpredict-client"))
+    parser.add_argument("--version", action="version", version=parser.get_default("version_line"))
     parser.add_argument("--target", help=f"server address (env SEQPREDICT_TARGET, default {DEFAULT_TARGET})")
-    parser.add_argument("--timeout", type=float, default=30.0, help="deadline of each call in seconds (default 30)")
+    parser.add_argument(
+        "--timeout", type=positive_seconds, default=30.0, help="deadline of each call in seconds (default 30)"
+    )
     auth = parser.add_mutually_exclusive_group()
     auth.add_argument("--token", help="bearer token (env SEQPREDICT_TOKEN)")
     auth.add_argument("--token-file", type=Path, help="read the bearer token from this file")
@@ -106,30 +99,36 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--session", required=True, help="session id: 1-128 characters of [A-Za-z0-9._:-]")
     given = predict.add_mutually_exclusive_group()
     given.add_argument("--text", help="input text (omit --text and --tokens to predict from the current state)")
-    given.add_argument("--tokens", type=_token_ids, help="input token ids, comma-separated: 1,2,3")
-    predict.add_argument("--top-k", type=int, help="candidates to show (server default 5)")
+    given.add_argument("--tokens", type=token_ids, help="input token ids, comma-separated: 1,2,3")
+    predict.add_argument("--top-k", type=integer(*UINT32), help="candidates to show (server default 5)")
     predict.add_argument("--all-steps", action="store_true", help="a table after every input token")
     predict.add_argument("--reset", action="store_true", help="start the session from the zero state")
     predict.add_argument("--end", action="store_true", help="release the session afterwards")
-    predict.add_argument("--expected-position", type=_non_negative, help="fail (exit 4) unless the session is here")
+    predict.add_argument("--expected-position", type=integer(*UINT64), help="fail (exit 4) unless the session is here")
     predict.add_argument("--json", action="store_true", help="machine-readable output")
     predict.set_defaults(run=cmd_predict)
 
     generate = commands.add_parser("generate", help="stream a sampled continuation (no deadline: Ctrl-C stops it)")
     generate.add_argument("--session", required=True, help="session id: 1-128 characters of [A-Za-z0-9._:-]")
     generate.add_argument("--prompt", help="text fed before sampling")
-    generate.add_argument("--max-tokens", type=int, required=True, help="tokens to generate")
+    generate.add_argument("--max-tokens", type=integer(*UINT32), required=True, help="tokens to generate")
     generate.add_argument("--temperature", type=float, help="0 is greedy (server default 1.0)")
-    generate.add_argument("--top-k", type=int, help="sample among the k most probable tokens")
+    generate.add_argument("--top-k", type=integer(*UINT32), help="sample among the k most probable tokens")
     generate.add_argument("--top-p", type=float, help="nucleus sampling threshold in (0, 1]")
-    generate.add_argument("--seed", type=int, help="same seed and same state give the same text")
-    generate.add_argument("--stop", action="append", default=[], help="stop after this string (repeatable)")
+    generate.add_argument(
+        "--seed", type=integer(*UINT64), help="same seed and same state give the same text (0 to 2**64-1)"
+    )
+    generate.add_argument(
+        "--stop", type=escapes, action="append", default=[], help=f"stop after this string (repeatable); {ESCAPES_HELP}"
+    )
     generate.add_argument("--reset", action="store_true", help="start the session from the zero state")
     generate.add_argument("--end", action="store_true", help="release the session afterwards")
-    generate.add_argument("--expected-position", type=_non_negative, help="fail (exit 4) unless the session is here")
+    generate.add_argument("--expected-position", type=integer(*UINT64), help="fail (exit 4) unless the session is here")
     generate.set_defaults(run=cmd_generate)
 
     session = commands.add_parser("session", help="inspect or end a session")
+    for sub in (info, health, predict, generate, session):
+        sub.add_argument("--version", action="version", version=parser.get_default("version_line"))
     actions = session.add_subparsers(dest="action", required=True, metavar="ACTION")
     show = actions.add_parser("show", help="position, creation, last use and expiry of a session")
     show.add_argument("session_id", metavar="ID")
@@ -255,6 +254,11 @@ def exit_code(error: SeqpredictError) -> int:
 
 
 def describe(error: SeqpredictError, target: str) -> str:
+    if isinstance(error, Unavailable) and "draining" in error.message:
+        return (
+            f"server at {target} is draining: it is shutting down and takes no new calls ({error.message}); "
+            "retry when it has restarted, or point --target / SEQPREDICT_TARGET at another server"
+        )
     if isinstance(error, Unavailable):
         return (
             f"server at {target} is unavailable ({error.message}); is it running? "

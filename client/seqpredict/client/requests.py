@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from seqpredict.client.errors import SeqpredictError, ServerError, from_request_error
+from seqpredict.client.ranges import check_request_numbers
 from seqpredict.client.types import Prediction
 from seqpredict.v1 import seqpredict_pb2 as pb
 
@@ -60,6 +61,7 @@ Guard = tuple[int | None, int | None]
 
 def predict_request(session_id: str, feed: FeedRequest, guard: Guard, request_id: int = 0) -> pb.PredictRequest:
     """`guard` is what to send (the feed's own, or the strict session's)."""
+    check_request_numbers(tokens=feed.input, top_k=feed.top_k, expected_position=guard[0], expected_incarnation=guard[1])
     req = pb.PredictRequest(
         session_id=session_id,
         all_steps=feed.all_steps,
@@ -118,6 +120,14 @@ class GenerateOptions:
 
 
 def generate_request(session_id: str, opts: GenerateOptions, guard: Guard) -> pb.GenerateRequest:
+    check_request_numbers(
+        tokens=opts.prompt or (),
+        top_k=opts.top_k,
+        max_tokens=opts.max_tokens,
+        seed=opts.seed,
+        expected_position=guard[0],
+        expected_incarnation=guard[1],
+    )
     req = pb.GenerateRequest(
         session_id=session_id, max_tokens=opts.max_tokens, stop=list(opts.stop), reset=opts.reset, end=opts.end
     )

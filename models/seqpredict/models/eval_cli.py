@@ -11,10 +11,12 @@ import torch
 from seqpredict.models.checkpoint import CheckpointError, load_checkpoint
 from seqpredict.models.corpus import encode_corpus, read_text_files
 from seqpredict.models.evaluation import evaluate
+from seqpredict.models.version import version_line
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="seqpredict-eval", description=__doc__)
+    p.add_argument("--version", action="version", version=version_line("seqpredict-eval"))
     p.add_argument("checkpoint")
     p.add_argument("--text", nargs="+", required=True, metavar="FILE", help="UTF-8 text files, read in order")
     p.add_argument(

@@ -17,6 +17,7 @@ from seqpredict.models.corpus import encode_corpus, read_text_files
 from seqpredict.models.curves import write_curve
 from seqpredict.models.evaluation import evaluate
 from seqpredict.models.training import TrainConfig, curve_rows, train
+from seqpredict.models.version import version_line
 from seqpredict.models.vocab import Vocabulary
 
 log = logging.getLogger("seqpredict.train")
@@ -25,6 +26,7 @@ log = logging.getLogger("seqpredict.train")
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     defaults_m, defaults_t = ModelConfig(vocab_size=1), TrainConfig(max_steps=1)
     p = argparse.ArgumentParser(prog="seqpredict-train", description=__doc__)
+    p.add_argument("--version", action="version", version=version_line("seqpredict-train"))
     p.add_argument("--train", nargs="+", required=True, metavar="FILE", help="UTF-8 training text files")
     p.add_argument("--val", nargs="+", required=True, metavar="FILE", help="UTF-8 validation text files")
     p.add_argument("--out", required=True, help="checkpoint path to write (the best validation step)")
@@ -87,22 +89,35 @@ def main(argv: list[str] | None = None) -> int:
             **outcome_fields,
         }
 
-    bar = tqdm(total=1000, unit="‰", desc="training", dynamic_ncols=True, mininterval=1.0)
+    # Steps, with the ETA from the average rate since the start (smoothing=0): the pauses for
+    # validation then lengthen the estimate evenly instead of making it jump after each one.
+    bar = tqdm(
+        total=cfg.max_steps or None, unit="step", desc="training", smoothing=0, dynamic_ncols=True, mininterval=1.0
+    )
+    saved: dict[str, float] = {}
 
     def on_progress(step: int, fraction: float, loss: float) -> None:
-        bar.n = min(1000, int(fraction * 1000))
-        bar.set_postfix(step=step, loss=f"{loss:.3f}", refresh=False)
-        bar.update(0)
+        postfix = {"loss": f"{loss:.3f}"}
+        if not cfg.max_steps:  # a time budget: the steps to come are unknown, the minutes are not
+            postfix["left"] = f"{(1 - fraction) * cfg.max_minutes:.1f}min"
+        bar.set_postfix(postfix, refresh=False)
+        bar.update(step - bar.n)
 
     def on_best(model, loss: float, step: int) -> None:
         # Saved as it happens, so a run stopped early still leaves its best checkpoint.
         save_checkpoint(
             out, model, vocab, record({"best_val_loss": loss, "best_step": step, "partial": True}), half=args.half
         )
+        saved.update(step=step, loss=loss)
 
-    outcome = train(model_cfg, cfg, train_ids, val_ids, on_progress=on_progress, on_best=on_best)
-    bar.close()
-    final = evaluate(outcome.model, val_ids, streams=1)
+    try:
+        outcome = train(model_cfg, cfg, train_ids, val_ids, on_progress=on_progress, on_best=on_best)
+        bar.close()
+        final = evaluate(outcome.model, val_ids, streams=1)
+    except KeyboardInterrupt:
+        bar.close()
+        print(stopped_early(bar.n, cfg.max_steps, out, saved), file=sys.stderr)
+        return 130
     rec = record({**outcome.record(), "val_single_stream": final.to_dict()})
     save_checkpoint(out, outcome.model, vocab, rec, half=args.half)
     stem = Path(args.curve) if args.curve else out.with_name(out.stem + "-curve")
@@ -121,6 +136,17 @@ def main(argv: list[str] | None = None) -> int:
         ", ".join(map(str, written)),
     )
     return 0
+
+
+def stopped_early(step: int, max_steps: int, out: Path, saved: dict[str, float]) -> str:
+    """The one line Ctrl-C leaves: where training stopped and what, if anything, was saved where."""
+    at = f"step {step} of {max_steps}" if max_steps else f"step {step}"
+    if not saved:
+        return f"seqpredict-train: stopped at {at}, before the first validation: nothing was saved"
+    return (
+        f"seqpredict-train: stopped at {at}; the best checkpoint so far (step {int(saved['step'])}, validation "
+        f"{saved['loss']:.4f} nats/char) is {out}, marked partial, without curve or record"
+    )
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from seqpredict.client.version import version_line
+
 ENV_PREFIX = "SEQPREDICT_"
 SECRETS = frozenset({"auth_tokens"})
 
@@ -280,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve a stateful sequence model over gRPC. Every flag can also be set as "
         "SEQPREDICT_<NAME> (e.g. SEQPREDICT_MAX_SESSIONS=1000); flags win.",
     )
+    parser.add_argument("--version", action="version", version=version_line("seqpredict-server", "seqpredict"))
     for f in fields(Settings):
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else "the shipped checkpoint"
