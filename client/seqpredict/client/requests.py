@@ -61,7 +61,9 @@ Guard = tuple[int | None, int | None]
 
 def predict_request(session_id: str, feed: FeedRequest, guard: Guard, request_id: int = 0) -> pb.PredictRequest:
     """`guard` is what to send (the feed's own, or the strict session's)."""
-    check_request_numbers(tokens=feed.input, top_k=feed.top_k, expected_position=guard[0], expected_incarnation=guard[1])
+    check_request_numbers(
+        tokens=feed.input, top_k=feed.top_k, expected_position=guard[0], expected_incarnation=guard[1]
+    )
     req = pb.PredictRequest(
         session_id=session_id,
         all_steps=feed.all_steps,
