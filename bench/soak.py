@@ -1,14 +1,15 @@
 """`make soak`: a long mixed load against a server with low limits; fails on one wrong answer or on RSS growth.
 
 The server runs as a child process with every limit set low (soak_context.py), so eviction
-by capacity and by TTL, queue refusals and size refusals all happen all the time. Against it,
+by capacity and by TTL, flow control and size refusals all happen all the time. Against it,
 for --duration seconds (default 10 min), the drivers run side by side:
 
 - soak_tracked.py: tracked sessions, every answer compared with tests/reference.py within 1e-5;
 - soak_load.py: pipelined Predict streams over more ids than the server holds, Generate with
   every sampling option, churn of short sessions (bookkeeping checked on every answer);
 - soak_bad.py: bad requests of every kind, each expected to get its documented code;
-- soak_floods.py: floods of one session pipelined on one stream.
+- soak_pipelines.py: floods of one session pipelined on one stream, answered in full and in order,
+  every answer checked against the reference.
 
 soak_check.py judges the answers and counts everything; this file starts the server, runs the
 drivers, samples RSS every few seconds and hands it all to soak_report.py, which writes
@@ -35,8 +36,8 @@ from grpc import aio  # noqa: E402
 from soak_bad import bad_requests  # noqa: E402
 from soak_check import Checker, Tallies  # noqa: E402
 from soak_context import LOAD_STREAMS, SERVER_FLAGS, Soak  # noqa: E402
-from soak_floods import floods  # noqa: E402
 from soak_load import GENERATORS, churn, generator, load_stream  # noqa: E402
+from soak_pipelines import FLOOD, pipelines  # noqa: E402
 from soak_tracked import Tracked  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
@@ -98,7 +99,7 @@ async def run(server: ServerProcess, duration: float, every: float) -> tuple[Tal
             *(generator(soak, w) for w in range(GENERATORS)),
             churn(soak),
             bad_requests(soak),
-            floods(soak),
+            pipelines(soak, FLOOD, seed=21),
         ]
         tasks = [asyncio.create_task(w) for w in workers]
         samples = await sample(server, soak, duration, every)

@@ -2,7 +2,10 @@
 
 The limits are set low on purpose (500 sessions, 5 s idle TTL, 256 tokens per request), so
 eviction by capacity and by TTL and every size refusal happen all the time rather than once
-an hour; the drivers read them from here to aim just past them.
+an hour; the drivers read them from here to aim just past them. The stream window is small
+(8 requests, 1 MiB of answers, against defaults of 1,024 and 8 MiB) so that flow control
+engages constantly: every load stream keeps 16 requests in flight, every pipeline writes
+thousands ahead, and the client that never reads fills its window at once.
 """
 
 from __future__ import annotations
@@ -19,11 +22,13 @@ from seqpredict.models import Vocabulary
 from seqpredict.v1 import seqpredict_pb2_grpc as pb_grpc
 from tests.bystanders import PASSAGE
 
-MAX_SESSIONS, IDLE_TTL_S, MAX_TOKENS, QUEUE_LIMIT, MAX_GENERATE, MAX_MESSAGE = 500, 5, 256, 8, 256, 65536
+MAX_SESSIONS, IDLE_TTL_S, MAX_TOKENS, MAX_GENERATE, MAX_MESSAGE = 500, 5, 256, 256, 65536
+STREAM_WINDOW, STREAM_WINDOW_BYTES = 8, 2**20
 SERVER_FLAGS = (
     *("--max-sessions", str(MAX_SESSIONS), "--idle-ttl-s", str(IDLE_TTL_S)),
-    *("--max-tokens-per-request", str(MAX_TOKENS), "--session-queue-limit", str(QUEUE_LIMIT)),
-    *("--max-generate-tokens", str(MAX_GENERATE), "--max-message-bytes", str(MAX_MESSAGE)),
+    *("--max-tokens-per-request", str(MAX_TOKENS), "--max-generate-tokens", str(MAX_GENERATE)),
+    *("--max-message-bytes", str(MAX_MESSAGE)),
+    *("--stream-window", str(STREAM_WINDOW), "--stream-window-bytes", str(STREAM_WINDOW_BYTES)),
     *("--grace-s", "10"),
 )
 # Load alternates every PHASE_S seconds: wide phases spread over 4 x 400 ids (more than the 500
