@@ -8,8 +8,8 @@ for --duration seconds (default 10 min), the drivers run side by side:
 - soak_load.py: pipelined Predict streams over more ids than the server holds, Generate with
   every sampling option, churn of short sessions (bookkeeping checked on every answer);
 - soak_bad.py: bad requests of every kind, each expected to get its documented code;
-- soak_pipelines.py: floods of one session pipelined on one stream, answered in full and in order,
-  every answer checked against the reference.
+- soak_pipelines.py: one session pipelined on one stream, answered in full and in order — floods
+  of maximal requests, and 10,000 single tokens — every answer checked against the reference.
 
 soak_check.py judges the answers and counts everything; this file starts the server, runs the
 drivers, samples RSS every few seconds and hands it all to soak_report.py, which writes
@@ -37,7 +37,7 @@ from soak_bad import bad_requests  # noqa: E402
 from soak_check import Checker, Tallies  # noqa: E402
 from soak_context import LOAD_STREAMS, SERVER_FLAGS, Soak  # noqa: E402
 from soak_load import GENERATORS, churn, generator, load_stream  # noqa: E402
-from soak_pipelines import FLOOD, pipelines  # noqa: E402
+from soak_pipelines import FLOOD, PIPELINE, pipelines  # noqa: E402
 from soak_tracked import Tracked  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
@@ -100,6 +100,7 @@ async def run(server: ServerProcess, duration: float, every: float) -> tuple[Tal
             churn(soak),
             bad_requests(soak),
             pipelines(soak, FLOOD, seed=21),
+            pipelines(soak, PIPELINE, seed=22),
         ]
         tasks = [asyncio.create_task(w) for w in workers]
         samples = await sample(server, soak, duration, every)

@@ -47,6 +47,7 @@ class Shape:
 
 
 FLOOD = Shape("flood", 40, MAX_TOKENS, (2.0, 6.0))
+PIPELINE = Shape("pipeline", 10_000, 1, (0.5, 2.0))
 
 
 async def pipelines(soak: Soak, shape: Shape, seed: int) -> None:
