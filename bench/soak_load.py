@@ -25,10 +25,11 @@ GENERATORS, GENERATE_IDS = 2, 50
 
 async def load_stream(soak: Soak, w: int) -> None:
     """Pipelined requests (16 in flight, twice the server's stream window) over 400 ids per stream;
-    positions checked per id, and none may be refused: flow control slows the stream instead."""
+    positions and incarnations checked per id, and none may be refused: flow control slows the stream instead."""
     rng, t = random.Random(w), soak.tallies
     ids = [f"load-{w}-{i}" for i in range(LOAD_IDS)]
     positions: dict[str, int | None] = dict.fromkeys(ids)  # None: we hold no session under that id
+    incarnations: dict[str, int] = dict.fromkeys(ids, 0)  # the last one each id's answers named
     in_flight: asyncio.Queue[pb.PredictRequest | None] = asyncio.Queue()
     window = asyncio.Semaphore(16)
     call = soak.stub.Predict()
@@ -71,6 +72,10 @@ async def load_stream(soak: Soak, w: int) -> None:
                 if answer.position != base + len(request.tokens):
                     t.wrong_answer(f"{sid}: position {answer.position}, expected {base + len(request.tokens)}")
                 positions[sid] = None if request.end else answer.position
+                fresh = answer.created or request.reset  # a new history: a new incarnation, else the same one
+                if not answer.incarnation or (answer.incarnation == incarnations[sid]) == fresh:
+                    t.wrong_answer(f"{sid}: incarnation {answer.incarnation} after {incarnations[sid]}, new={fresh}")
+                incarnations[sid] = answer.incarnation
 
     await asyncio.gather(write(), read())
 
@@ -127,13 +132,14 @@ async def churn(soak: Soak) -> None:
         sid = f"churn-{uuid.uuid4().hex[:10]}"
         answers = [a async for a in soak.stub.Predict([pb.PredictRequest(session_id=sid, text="Churn.")])]
         t.outcome("predict", code_of(answers[0]))
+        incarnation = answers[0].incarnation
         for kind, call in (("get_session", soak.stub.GetSession), ("end_session", soak.stub.EndSession)):
             message = pb.GetSessionRequest if kind == "get_session" else pb.EndSessionRequest
             try:
                 info = await call(message(session_id=sid), timeout=60)
                 t.outcome(kind, OK)
-                if info.position != 6:
-                    t.wrong_answer(f"{sid}: {kind} position {info.position}, not 6")
+                if (info.position, info.incarnation) != (6, incarnation):
+                    t.wrong_answer(f"{sid}: {kind} at {info.position}, {info.incarnation}; not 6, {incarnation}")
             except aio.AioRpcError as exc:
                 t.outcome(kind, exc.code())  # NOT_FOUND only if evicted by capacity in between
                 if exc.code() != NOT_FOUND:
