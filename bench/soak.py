@@ -9,12 +9,15 @@ for --duration seconds (default 10 min), the drivers run side by side:
   every sampling option, churn of short sessions (bookkeeping checked on every answer);
 - soak_bad.py: bad requests of every kind, each expected to get its documented code;
 - soak_pipelines.py: one session pipelined on one stream, answered in full and in order — floods
-  of maximal requests, and 10,000 single tokens — every answer checked against the reference.
+  of maximal requests, and 10,000 single tokens — every answer checked against the reference;
+- soak_unread.py: a client that writes large-answer requests and never reads, abandoning its
+  stream every few seconds, in phases, so its effect on the rest is measured in the same run.
 
 soak_check.py judges the answers and counts everything; this file starts the server, runs the
-drivers, samples RSS every few seconds and hands it all to soak_report.py, which writes
-bench/soak/ (report.md, report.json, rss.png) and the verdict. Exit status 1 if a single
-correct request was answered wrongly, a bad one got the wrong code, or RSS keeps growing.
+drivers, samples RSS and the answers so far every few seconds and hands it all to
+soak_report.py, which writes bench/soak/ (report.md, report.json, rss.png) and the verdict.
+Exit status 1 if a single correct request was answered wrongly, a bad one got the wrong code,
+RSS keeps growing, or the load stalled.
 
     .venv/bin/python bench/soak.py --duration 120
 """
@@ -39,6 +42,7 @@ from soak_context import LOAD_STREAMS, SERVER_FLAGS, Soak  # noqa: E402
 from soak_load import GENERATORS, churn, generator, load_stream  # noqa: E402
 from soak_pipelines import FLOOD, PIPELINE, pipelines  # noqa: E402
 from soak_tracked import Tracked  # noqa: E402
+from soak_unread import never_reads, phase_on  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from seqpredict.models import load_checkpoint  # noqa: E402
@@ -51,21 +55,24 @@ TRACKED = 6
 
 
 async def sample(server: ServerProcess, soak: Soak, duration: float, every: float) -> list[dict]:
-    """RSS and a few gauges every `every` seconds, with a progress bar."""
-    samples, start = [], time.monotonic()
+    """RSS, a few gauges and the answers so far every `every` seconds, with a progress bar."""
+    samples = []
     with tqdm(total=round(duration), unit="s", desc="soak", dynamic_ncols=True) as bar:
         while not soak.stop.is_set():
-            elapsed = time.monotonic() - start
+            elapsed = time.monotonic() - soak.started
             m = await asyncio.to_thread(Metrics, server.metrics_url)
+            t = soak.tallies
             samples.append(
                 {
                     "t": elapsed,
                     "rss_bytes": server.rss_bytes(),
                     "sessions": m.value("seqpredict_sessions_active"),
                     "streams": m.value("seqpredict_streams_active"),
+                    "streams_paused": m.value("seqpredict_streams_paused"),
+                    "calls": sum(t.outcomes.values()),  # what the rest of the load got answered: never_read has none
+                    "never_read": phase_on(elapsed),
                 }
             )
-            t = soak.tallies
             bar.set_postfix(
                 calls=sum(t.outcomes.values()),
                 checked=t.checked,
@@ -101,6 +108,7 @@ async def run(server: ServerProcess, duration: float, every: float) -> tuple[Tal
             bad_requests(soak),
             pipelines(soak, FLOOD, seed=21),
             pipelines(soak, PIPELINE, seed=22),
+            never_reads(soak, server.address, seed=23),
         ]
         tasks = [asyncio.create_task(w) for w in workers]
         samples = await sample(server, soak, duration, every)
@@ -126,7 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "soak", help="report directory")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    server = ServerProcess(args.out / "server.log", *SERVER_FLAGS)
+    log = args.out / "server.log"
+    log.unlink(missing_ok=True)  # ServerProcess appends: the report's log is this run's alone
+    server = ServerProcess(log, *SERVER_FLAGS)
     started = time.time()
     try:
         tallies, samples = asyncio.run(run(server, args.duration, args.sample_every))
@@ -144,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             samples=samples,
             metrics=final,
             server_exit=exit_code,
+            server_log=log.read_text(errors="replace"),
             max_rss_slope=args.max_rss_slope,
         ),
     )

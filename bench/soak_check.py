@@ -40,7 +40,7 @@ class Tallies:
     checked: int = 0  # answers compared with the reference
     losses: Counter[str] = field(default_factory=Counter)  # how tracked sessions learned they were lost
     events: Counter[str] = field(default_factory=Counter)  # what drivers did: "pipeline/completed", ...
-    durations: dict[str, list[float]] = field(default_factory=dict)  # seconds, by driver: for the report only
+    series: dict[str, list[float]] = field(default_factory=dict)  # values for the report: seconds per pipeline, ...
     wrong_count: int = 0
     wrong: list[str] = field(default_factory=list)  # the first few, for the report
 
@@ -50,8 +50,8 @@ class Tallies:
     def event(self, what: str, n: int = 1) -> None:
         self.events[what] += n
 
-    def duration(self, what: str, seconds: float) -> None:
-        self.durations.setdefault(what, []).append(seconds)
+    def record(self, what: str, value: float) -> None:
+        self.series.setdefault(what, []).append(value)
 
     def wrong_answer(self, what: str) -> None:
         self.wrong_count += 1

@@ -100,7 +100,7 @@ class Pipelined:
             t.event(f"{kind}/lost (evicted, signalled)")
         elif self.applied == list(range(self.shape.requests)):
             t.event(f"{kind}/completed")
-            t.duration(kind, time.monotonic() - started)
+            t.record(f"{kind}/seconds per completed pipeline", time.monotonic() - started)
         else:
             t.event(f"{kind}/cut short by the end of the run")
         t.event(f"{kind}/answers", len(self.tops))
