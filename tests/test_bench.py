@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 import torch
 
@@ -27,10 +28,12 @@ sys.path.insert(0, str(BENCH))
 import plan  # noqa: E402
 import report  # noqa: E402
 import soak_figures  # noqa: E402
+import soak_log  # noqa: E402
 import soak_plot  # noqa: E402
+import soak_report  # noqa: E402
 import soak_unread  # noqa: E402
 import targets  # noqa: E402
-from soak_check import mismatched_tops  # noqa: E402
+from soak_check import Tallies, mismatched_tops  # noqa: E402
 
 
 def run_loadgen(target: str, *extra: str, mode: str = "pingpong") -> dict[str, Any]:
@@ -208,3 +211,66 @@ def test_rss_trend_is_the_slope_over_the_second_half_only() -> None:
     slope, intercept = soak_figures.rss_trend(warm_up + flat, duration=120)
     assert abs(slope) < 1e-9 and abs(intercept - 300) < 1e-6
     assert soak_figures.rss_trend(warm_up, duration=120) is None, "no sample in the second half"
+
+
+def test_the_server_log_errors_are_explained_or_counted_against_the_run() -> None:
+    known = next(iter(soak_log.KNOWN))
+    log = "\n".join(
+        [
+            "2026-11-30 13:33:07,001 INFO seqpredict.server: settings:",
+            "  max_sessions = 500",
+            f"2026-11-30 13:33:41,539 ERROR grpc._cython.cygrpc: {known}",
+            "Traceback (most recent call last):",
+            '  File "server.pyx.pxi", line 710, in _handle_exceptions',
+            "2026-11-30 13:33:42,000 INFO seqpredict.server.app: expired 4 idle session(s)",
+            "2026-11-30 13:33:43,000 ERROR seqpredict.server.service: unexpected error in Predict",
+            "Traceback (most recent call last):",
+            "2026-11-30 13:33:44,000 WARNING seqpredict.server: something odd",
+            "Traceback (most recent call last):",
+        ]
+    )
+    assert soak_log.log_errors(log) == {known: 1, soak_log.UNEXPLAINED: 2}
+    assert soak_log.log_errors("2026-11-30 13:33:07,001 INFO seqpredict.server: stopped\n") == {}
+
+
+class _Scrape:
+    """The final metrics scrape, as soak_report reads it."""
+
+    def __init__(self) -> None:
+        self.samples = {("seqpredict_sessions_ended_total", frozenset({("reason", "ttl")})): 3.0}
+
+    def value(self, name: str) -> float:
+        return 7.0
+
+
+def _soak_run(tallies: Any, calls: list[int], log: str = "") -> soak_report.Run:
+    samples = [
+        {**s, "rss_bytes": 300 * 2**20, "sessions": 10, "streams": 5, "streams_paused": 1} for s in _samples(calls)
+    ]
+    return soak_report.Run(0.0, 2.0 * len(calls), ("--stream-window", "8"), tallies, samples, _Scrape(), 0, log, 2.0)
+
+
+def test_the_soak_report_passes_a_clean_run_and_names_every_reason_to_fail_one(tmp_path: Path) -> None:
+    tallies = Tallies()
+    tallies.outcome("predict", grpc.StatusCode.OK)
+    tallies.checked = 1
+    tallies.event("never_read/streams opened", 2)
+    tallies.event("never_read/streams held back when abandoned", 2)
+    tallies.record("pipeline/seconds per completed pipeline", 12.5)
+    verdict = soak_report.write(tmp_path, _soak_run(tallies, [0, 10, 20, 30]))
+    assert verdict.passed, verdict.reasons
+    assert {p.name for p in tmp_path.iterdir()} == {"report.json", "report.md", "rss.png"}
+    assert "**PASSED**" in (tmp_path / "report.md").read_text()
+
+    tallies.wrong_answer("tracked-1 at 5: position 4 ended False")
+    tallies.events["never_read/streams held back when abandoned"] = 0
+    unexplained = "2026-11-30 13:33:43,000 ERROR seqpredict.server.service: unexpected error in Predict\n"
+    verdict = soak_report.write(tmp_path, _soak_run(tallies, [0, 10, 10, 10, 10, 10, 10, 10, 20], unexplained))
+    assert not verdict.passed
+    assert verdict.reasons == [
+        "1 request(s) answered wrongly",
+        "the server logged 1 error(s) or traceback(s) the soak cannot explain",
+        "the load got no answer for 12 s (limit 10)",
+        "the server never held back a stream that was never read",
+    ]
+    assert "tracked-1 at 5" in (tmp_path / "report.md").read_text()
