@@ -42,7 +42,7 @@ from soak_context import LOAD_STREAMS, SERVER_FLAGS, Soak  # noqa: E402
 from soak_load import GENERATORS, churn, generator, load_stream  # noqa: E402
 from soak_pipelines import FLOOD, PIPELINE, pipelines  # noqa: E402
 from soak_tracked import Tracked  # noqa: E402
-from soak_unread import never_reads, phase_on  # noqa: E402
+from soak_unread import never_reads  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from seqpredict.models import load_checkpoint  # noqa: E402
@@ -70,7 +70,7 @@ async def sample(server: ServerProcess, soak: Soak, duration: float, every: floa
                     "streams": m.value("seqpredict_streams_active"),
                     "streams_paused": m.value("seqpredict_streams_paused"),
                     "calls": sum(t.outcomes.values()),  # what the rest of the load got answered: never_read has none
-                    "never_read": phase_on(elapsed),
+                    "never_read": soak.never_read_open,
                 }
             )
             bar.set_postfix(

@@ -47,6 +47,7 @@ class Soak:
     check: Checker
     stop: asyncio.Event
     started: float = field(default_factory=time.monotonic)
+    never_read_open: bool = False  # whether the client that never reads holds a stream right now
 
     @property
     def tallies(self) -> Tallies:

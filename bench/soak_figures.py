@@ -2,7 +2,7 @@
 
 A sample (soak.py's sampler, every 2 s) is a dict: t (seconds since the start), rss_bytes,
 sessions, streams, streams_paused, calls (answers the load has had so far) and never_read
-(whether the never-reading client was in its on phase).
+(whether the client that never reads held a stream).
 """
 
 from __future__ import annotations

@@ -83,9 +83,9 @@ def never_read_section(report: dict[str, Any]) -> list[str]:
         f"- streams paused by flow control (`seqpredict_streams_paused`, most in one sample): "
         f"{load['streams_paused_max']:.0f}; pauses in all (`seqpredict_stream_pauses_total`): "
         f"{report['server_metrics']['stream_pauses']:,.0f}",
-        f"- the rest of the load's answers per second with this client on: {_rate(rates['on'])}, off: "
-        f"{_rate(rates['off'])} (same run, after the first off phase; a shared 2-core machine, so read the "
-        "ratio, not the figures)",
+        f"- the rest of the load's answers per second while this client held a stream: {_rate(rates['on'])}; "
+        f"while it did not: {_rate(rates['off'])} (same run, sample intervals after the first off phase; a "
+        "shared 2-core machine, so read the ratio, not the figures)",
         f"- longest time the load got no answer at all: {load['longest_stall_s']:.0f} s "
         f"(fails above {load['stall_limit_s']:.0f} s)",
         "",

@@ -11,9 +11,9 @@ connection, its own: a separate client, not a stream beside the others'.
 Nothing it sends is ever answered to it, so it cannot produce a wrong answer; what it must
 not do is cost the server memory without bound (the RSS verdict) or slow the rest of the load
 down to a stall (the liveness verdict), and every other driver's answers must stay right. It
-runs in phases — off for OFF_S seconds, then on for ON_S — and the sampler records which, so
-the report puts the rest of the load's rate beside it with and without this client, in the
-same run.
+runs in phases — off for OFF_S seconds, then on for ON_S — and the sampler records whether it
+holds a stream, so the report puts the rest of the load's rate beside it with and without this
+client, in the same run.
 """
 
 from __future__ import annotations
@@ -50,9 +50,9 @@ async def never_reads(soak: Soak, address: str, seed: int) -> None:
         while not soak.stop.is_set():
             elapsed = time.monotonic() - soak.started
             cycle_left = (ON_S + OFF_S) - elapsed % (ON_S + OFF_S)
-            if not phase_on(elapsed):
+            if not phase_on(elapsed) or cycle_left < LIFETIME_S[0]:  # off, or too little of the phase left
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(soak.stop.wait(), cycle_left - ON_S)
+                    await asyncio.wait_for(soak.stop.wait(), cycle_left - ON_S if cycle_left > ON_S else cycle_left)
                 continue
             await hold_one_stream(soak, stub, rng, min(rng.uniform(*LIFETIME_S), cycle_left))
 
@@ -75,6 +75,7 @@ async def hold_one_stream(soak: Soak, stub: pb_grpc.SequencePredictorStub, rng: 
             taken, last_taken = taken + 1, time.monotonic()
 
     t.event("never_read/streams opened")
+    soak.never_read_open = True
     writer = asyncio.create_task(write())
     stopped = asyncio.create_task(soak.stop.wait())
     await asyncio.wait({writer, stopped}, timeout=lifetime, return_when=asyncio.FIRST_COMPLETED)
@@ -84,6 +85,7 @@ async def hold_one_stream(soak: Soak, stub: pb_grpc.SequencePredictorStub, rng: 
     call.cancel()
     writer.cancel()
     (outcome,) = await asyncio.gather(writer, return_exceptions=True)
+    soak.never_read_open = False
     if ended_by_server and not soak.stop.is_set():
         code = outcome.code() if isinstance(outcome, aio.AioRpcError) else None
         t.outcome("never_read", code or grpc.StatusCode.UNKNOWN)
