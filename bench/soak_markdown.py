@@ -25,6 +25,20 @@ def _rate(value: float | None) -> str:
     return "n/a" if value is None else f"{value:,.0f}"
 
 
+def rounding_section(report: dict[str, Any]) -> list[str]:
+    """The answers outside 1e-5 of the float32 reference and within 1e-4 of the float64 model (see soak_check)."""
+    n, examples = report["rounding_tail"], report["rounding_tail_examples"]
+    lines = [
+        "Answers outside 1e-5 of that float32 reference but within 1e-4 of the same model evaluated in float64 "
+        f"(float32 rounding over a long history, which the reference itself shows; see bench/soak_check.py), "
+        f"not counted wrong: **{n}**"
+        + (", each with the served, float32-reference and float64 figures:" if n else "."),
+    ]
+    if examples:
+        lines += ["", *[f"- {e}" for e in examples]]
+    return [*lines, ""]
+
+
 def log_section(errors: dict[str, int]) -> list[str]:
     unexplained = errors.get(UNEXPLAINED, 0)
     lines = [f"Errors in the server log (server.log) the soak cannot explain: **{unexplained}**."]
@@ -112,6 +126,7 @@ def render(report: dict[str, Any]) -> str:
         f"{report['answers_checked_against_reference']:,} answers compared with "
         f"`tests/reference.py` within 1e-5; **{report['wrong_answers']} wrong**.",
         "",
+        *rounding_section(report),
         "Tracked sessions that learned they had been evicted (never silently served from a lost state): "
         + (", ".join(f"{k} {v}" for k, v in report["tracked_session_losses_signalled"].items()) or "none")
         + ". Requests fenced by the incarnation a tracked session had before its loss, at the position the "

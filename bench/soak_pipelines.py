@@ -83,7 +83,7 @@ class Pipelined:
 
     async def run(self) -> None:
         kind, t = self.shape.kind, self.t
-        reference = asyncio.create_task(self.soak.check.reference(self.tokens))  # computed while the pipeline runs
+        reference = asyncio.create_task(self.soak.check.history(self.tokens))  # computed while the pipeline runs
         started = time.monotonic()
         call = self.soak.stub.Predict(timeout=DEADLINE_S)
         try:
@@ -93,9 +93,9 @@ class Pipelined:
             t.wrong_answer(f"{self.sid}: the pipeline's stream failed: {exc.code().name} {exc.details()}")
         finally:
             call.cancel()
-        rows = await reference  # (len(tokens) + 1, V)
+        history = await reference
         n = self.shape.tokens_each
-        self.soak.check.tops(self.tops, rows[[(i + 1) * n for i in self.applied]], f"{self.sid} ({kind})")
+        await self.soak.check.tops(history, [(i + 1) * n for i in self.applied], self.tops, f"{self.sid} ({kind})")
         if self.lost:
             t.event(f"{kind}/lost (evicted, signalled)")
         elif self.applied == list(range(self.shape.requests)):

@@ -28,7 +28,6 @@ from soak_check import OK, code_of
 from soak_context import IDLE_TTL_S, Soak
 
 from seqpredict.v1 import seqpredict_pb2 as pb
-from tests.reference import TOLERANCE
 
 FAILED_PRECONDITION, NOT_FOUND = grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND
 # A tracked session is ended and started afresh past this many tokens: it bounds the reference's cost.
@@ -127,11 +126,15 @@ class Tracked:
         self.history, self.exists = base + chunk, True
         if answer.position != len(self.history) or answer.ended != end:
             self.t.wrong_answer(f"{where}: position {answer.position} ended {answer.ended}")
-        reference = await self.soak.check.reference(self.history)
-        self.soak.check.top(answer.next, reference[len(self.history)], where)
+        history = await self.soak.check.history(self.history)
+        await self.soak.check.top(history, len(self.history), answer.next, where)
+        if request.all_steps != bool(answer.steps) or len(answer.steps) not in (0, len(chunk)):
+            self.t.wrong_answer(
+                f"{where}: {len(answer.steps)} steps for {len(chunk)} tokens, all_steps={request.all_steps}"
+            )
         first = len(base)
-        for k, step in enumerate(answer.steps):
-            self.soak.check.top(step.top, reference[first + k + 1], f"{where} step {k}")
+        positions = [first + k + 1 for k in range(len(answer.steps))]
+        await self.soak.check.tops(history, positions, [step.top for step in answer.steps], f"{where} steps")
         if end:
             self.gone()
         elif answer.created and self.stale:
@@ -204,20 +207,20 @@ class Tracked:
                 self.t.wrong_answer(f"{where}: the incarnation changed during one Generate")
         self.history = self.history + prompt + [a.token for a in answers]
         self.exists = True
-        reference = await self.soak.check.reference(self.history)
-        self.t.checked += 1
+        history = await self.soak.check.history(self.history)
         if len(answers) != request.max_tokens or [a.position for a in answers] != list(
             range(start + 1, start + len(answers) + 1)
         ):
             self.t.wrong_answer(f"{where}: {len(answers)} tokens at {[a.position for a in answers][:5]}…")
         for k, a in enumerate(answers):
-            expected = reference[start + k][a.token].item()
-            if abs(a.probability - expected) > TOLERANCE:
-                self.t.wrong_answer(
-                    f"{where}: token {k} (id {a.token}) probability {a.probability:.7f}, reference {expected:.7f}"
-                    f" (prompt {len(prompt)}, temperature {request.temperature}, top_p {request.top_p:.2f},"
-                    f" history {self.history[: start + k + 1]})"
-                )
+            await self.soak.check.probability(
+                history,
+                start + k,
+                a.token,
+                a.probability,
+                f"{where} token {k} (prompt {len(prompt)}, temperature {request.temperature}, top_p"
+                f" {request.top_p:.2f}, history {self.history[: start + k + 1]})",
+            )
         if answers and answers[0].created and self.stale:
             await self.fence_stale()
 
