@@ -4,7 +4,8 @@ The server runs as a child process with every limit set low (soak_context.py), s
 by capacity and by TTL, flow control and size refusals all happen all the time. Against it,
 for --duration seconds (default 10 min), the drivers run side by side:
 
-- soak_tracked.py: tracked sessions, every answer compared with tests/reference.py within 1e-5;
+- soak_tracked.py: tracked sessions, every answer compared with tests/reference.py within 1e-5
+  (and, when it misses, with the same model in float64: soak_check.py says why);
 - soak_load.py: pipelined Predict streams over more ids than the server holds, Generate with
   every sampling option, churn of short sessions (bookkeeping checked on every answer);
 - soak_bad.py: bad requests of every kind, each expected to get its documented code;
@@ -15,9 +16,11 @@ for --duration seconds (default 10 min), the drivers run side by side:
 
 soak_check.py judges the answers and counts everything; this file starts the server, runs the
 drivers, samples RSS and the answers so far every few seconds and hands it all to
-soak_report.py, which writes bench/soak/ (report.md, report.json, rss.png) and the verdict.
-Exit status 1 if a single correct request was answered wrongly, a bad one got the wrong code,
-RSS keeps growing, or the load stalled.
+soak_report.py, which gives the verdict and writes bench/soak/ (report.json; report.md by
+soak_markdown.py, rss.png by soak_plot.py, from soak_figures.py's figures and soak_log.py's
+reading of server.log). Exit status 1 if a single correct request was answered wrongly, a bad
+one got the wrong code, RSS keeps growing, the load stalled, or the server logged an error the
+soak cannot explain.
 
     .venv/bin/python bench/soak.py --duration 120
 """
