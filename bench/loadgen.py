@@ -11,6 +11,8 @@ Modes:
   prefill      the same with --chunk tokens per message
   generate     C concurrent Generate calls of --max-tokens tokens, restarted as they finish
   multiplexed  --per-message sessions per PredictMany message (C=256, 64 → 4 streams)
+  pipeline     one session per C on its own Predict stream, --pipeline-requests single-token requests
+               written ahead as fast as gRPC takes them while the answers are read; then a fresh session
 
 Only what completes inside the measured window (after --warmup) counts towards rates and
 percentiles; `tokens_total` counts the whole run, so a caller can divide server CPU by it.
@@ -35,7 +37,7 @@ import signal
 import sys
 import time
 import traceback
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,9 +48,11 @@ from latency import LatencyHistogram
 from seqpredict.v1 import seqpredict_pb2 as pb
 from seqpredict.v1 import seqpredict_pb2_grpc as pb_grpc
 
-MODES = ("pingpong", "prefill", "generate", "multiplexed")
+MODES = ("pingpong", "prefill", "generate", "multiplexed", "pipeline")
 # The echo server's (and the shipped model's) vocabulary size, if GetModelInfo does not say.
 FALLBACK_VOCAB = 82
+# What `latency_ms` measures, by mode (message_round_trip otherwise).
+LATENCY_KINDS = {"generate": "inter_token_gap", "pipeline": "offered_to_answered"}
 # After a stream fails, wait this long before a new one: a restarting server is not hammered.
 RETRY_S = 0.5
 CODE_NAMES = {c.value[0]: c.name for c in grpc.StatusCode}
@@ -67,6 +71,12 @@ class Tally:
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     first_token: LatencyHistogram = field(default_factory=LatencyHistogram)
     errors: Counter[str] = field(default_factory=Counter)
+    pipeline_seconds: list[float] = field(default_factory=list)  # whole pipelines inside the window
+
+    def pipelined(self, started: float, finished: float) -> None:
+        """A pipeline answered in full; only those wholly inside the window count."""
+        if self.warm_end <= started and finished < self.end:
+            self.pipeline_seconds.append(finished - started)
 
     def answered(self, now: float, seconds: float | None, tokens: int, first_token: bool = False) -> None:
         self.tokens_total += tokens
@@ -181,6 +191,51 @@ class LoadGen:
             finally:
                 call.cancel()
 
+    async def pipeline(self, i: int, requests: int) -> None:
+        """Sessions one after another on fresh Predict streams: `requests` single tokens each, written
+        ahead while the answers are read, the last one ending the session. Flow control, not the client,
+        bounds what is in flight. Latency runs from the moment a request is offered to gRPC (so time
+        spent held back by the server's window counts) to its answer."""
+        stub, tally = self._stub(i), self.tally
+        k = 0
+        while not self.stopping:
+            sid, k = f"{self._sid(i)}-{k}", k + 1
+            call = stub.Predict()
+            offered: deque[float] = deque()  # when each request not yet answered was offered
+            started = time.perf_counter()
+            try:
+                writer = asyncio.create_task(self._write_pipeline(call, sid, requests, offered))
+                answered = 0
+                while (response := await call.read()) is not aio.EOF:
+                    now = time.perf_counter()
+                    sent = offered.popleft()
+                    if response.HasField("error"):
+                        tally.errors[CODE_NAMES.get(response.error.code, str(response.error.code))] += 1
+                        continue
+                    answered += 1
+                    tally.answered(now, now - sent, 1)
+                await writer
+                if answered == requests:
+                    tally.pipelined(started, time.perf_counter())
+            except aio.AioRpcError as exc:
+                if not self._failed(exc):
+                    return
+                await asyncio.sleep(RETRY_S)
+            finally:
+                call.cancel()
+
+    async def _write_pipeline(self, call: Any, sid: str, requests: int, offered: deque[float]) -> None:
+        rng, vocab = self.rng, self.vocab
+        for j in range(requests):
+            if self.stopping:
+                break
+            offered.append(time.perf_counter())
+            request = pb.PredictRequest(
+                session_id=sid, tokens=[rng.randrange(vocab)], request_id=j, end=j == requests - 1
+            )
+            await call.write(request)
+        await call.done_writing()
+
     def sessions(self) -> list[asyncio.Task[None]]:
         a = self.args
         if a.mode == "multiplexed":
@@ -188,6 +243,8 @@ class LoadGen:
             coros = [self.multiplexed(k, g) for k, g in enumerate(groups)]
         elif a.mode == "generate":
             coros = [self.generate(i, a.max_tokens) for i in range(a.sessions)]
+        elif a.mode == "pipeline":
+            coros = [self.pipeline(i, a.pipeline_requests) for i in range(a.sessions)]
         else:
             chunk = a.chunk if a.mode == "prefill" else 1
             coros = [self.pingpong(i, chunk) for i in range(a.sessions)]
@@ -249,6 +306,7 @@ class LoadGen:
             "chunk": a.chunk if a.mode == "prefill" else 1,
             "per_message": a.per_message if a.mode == "multiplexed" else 1,
             "max_tokens": a.max_tokens if a.mode == "generate" else None,
+            "pipeline_requests": a.pipeline_requests if a.mode == "pipeline" else None,
             "vocab_size": self.vocab,
             "warmup_s": a.warmup,
             "duration_s": round(window, 3),
@@ -256,7 +314,7 @@ class LoadGen:
             "messages": t.messages,
             "tokens_per_s": round(t.tokens / window, 1) if window else 0.0,
             "messages_per_s": round(t.messages / window, 1) if window else 0.0,
-            "latency_kind": "inter_token_gap" if a.mode == "generate" else "message_round_trip",
+            "latency_kind": LATENCY_KINDS.get(a.mode, "message_round_trip"),
             "latency_ms": t.latency.summary_ms(),
             "tokens_total": t.tokens_total,
             "messages_total": t.messages_total,
@@ -267,6 +325,10 @@ class LoadGen:
         }
         if a.mode == "generate":
             out["first_token_ms"] = t.first_token.summary_ms()
+        if a.mode == "pipeline":
+            seconds = sorted(t.pipeline_seconds)
+            out["pipelines_in_window"] = len(seconds)
+            out["pipeline_seconds_p50"] = round(seconds[len(seconds) // 2], 3) if seconds else None
         return out
 
 
@@ -319,13 +381,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--per-message", type=int, default=64, help="multiplexed: sessions per message (default: %(default)s)"
     )
     p.add_argument("--max-tokens", type=int, default=128, help="generate: tokens per call (default: %(default)s)")
+    p.add_argument(
+        "--pipeline-requests", type=int, default=10_000, help="pipeline: requests per session (default: %(default)s)"
+    )
     p.add_argument("--channels", type=int, default=1, help="gRPC connections to spread streams over (default: 1)")
     p.add_argument("--connect-timeout", type=float, default=60.0, help="seconds to wait for the server to answer")
     p.add_argument("--progress", type=float, default=5.0, help="seconds between progress lines on stderr; 0: none")
     p.add_argument("--seed", type=int, default=None, help="seed for the random tokens (default: random)")
     p.add_argument("--json", action="store_true", help="print only the JSON result (one line), no progress")
     args = p.parse_args(argv)
-    for name in ("sessions", "chunk", "per_message", "max_tokens", "channels"):
+    for name in ("sessions", "chunk", "per_message", "max_tokens", "pipeline_requests", "channels"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.duration < 0 or args.warmup < 0:

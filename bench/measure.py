@@ -39,6 +39,7 @@ def loadgen_argv(server: ServerProcess, spec: LoadRun, plan: Plan, duration: flo
         "--chunk": plan.chunk,
         "--per-message": plan.per_message,
         "--max-tokens": plan.max_tokens,
+        "--pipeline-requests": plan.pipeline_requests,
     }
     argv = [sys.executable, str(BENCH_DIR / "loadgen.py"), "--json"]
     for flag, value in flags.items():
@@ -55,6 +56,7 @@ def run_load(
         **asdict(spec),
         "chunk": plan.chunk if spec.mode == "prefill" else 1,
         "per_message": plan.per_message if spec.mode == "multiplexed" else 1,
+        "pipeline_requests": plan.pipeline_requests if spec.mode == "pipeline" else None,
         "loadgen": None,
     }
     metrics0, cpu0 = server.metrics(), server.cpu_seconds()

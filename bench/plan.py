@@ -19,9 +19,13 @@ class Plan:
     duration: float  # measured seconds per run
     inprocess_duration: float  # seconds per in-process figure
     memory_sessions: int  # idle sessions for the memory figure (the target is about 1,000,000)
+    # C values, one session each pipelining `pipeline_requests` single tokens on one stream, ours only: the
+    # hardening issue's figure, read against the prefill row at C=1 of the same run.
+    pipeline: tuple[int, ...] = (1,)
     chunk: int = 1024
     per_message: int = 64
     max_tokens: int = 128
+    pipeline_requests: int = 10_000
 
 
 # 15 s windows: at ~5 k tokens/s that is 75 k samples per row, and ±20 % machine noise dominates anyway.
@@ -48,6 +52,7 @@ def load_runs(plan: Plan, profile: bool) -> list[LoadRun]:
     """Interleaved by C so that drifting background load hits ours and the references alike."""
     runs = [LoadRun(s, "pingpong", c) for c in plan.pingpong for s in SYSTEMS]
     runs += [LoadRun("ours", "prefill", c) for c in plan.prefill]
+    runs += [LoadRun("ours", "pipeline", c) for c in plan.pipeline]  # next to prefill: the two are compared
     runs += [LoadRun("ours", "generate", c) for c in plan.generate]
     for c in plan.multiplexed:
         runs += [LoadRun(s, "multiplexed", c) for s in (("echo", "ours") if plan.echo_multiplexed else ("ours",))]

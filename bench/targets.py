@@ -49,6 +49,21 @@ def p50(run: dict[str, Any] | None) -> float | None:
     return run["loadgen"]["latency_ms"]["p50"] if run else None
 
 
+def pipeline_vs_prefill(results: dict[str, Any]) -> dict[str, Any] | None:
+    """The hardening issue's figure: one session pipelining single tokens, as a ratio of the prefill
+    row (C=1, `chunk`-token messages) of the same run. Not a target with a bound: a measurement."""
+    pipeline, prefill = find_run(results, "ours", "pipeline", 1), find_run(results, "ours", "prefill", 1)
+    if not tps(pipeline) or not tps(prefill):
+        return None
+    return {
+        "requests": pipeline["loadgen"].get("pipeline_requests") or pipeline.get("pipeline_requests"),
+        "chunk": prefill["chunk"],
+        "pipeline_tokens_per_s": tps(pipeline),
+        "prefill_tokens_per_s": tps(prefill),
+        "ratio": round(tps(pipeline) / tps(prefill), 3),
+    }
+
+
 def _ratio_target(name: str, rule: str, num: float | None, den: float | None, bound: float, labels: str) -> Target:
     if not num or not den:
         return Target(name, rule, "not measured in this run", NA)
