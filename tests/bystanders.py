@@ -160,6 +160,11 @@ def assert_serving(address: str) -> None:
     assert status == health_pb2.HealthCheckResponse.SERVING, f"health is {status}, not SERVING"
 
 
+def calls_active(server: object) -> float:
+    """Calls in progress that count against --max-streams (health checks do not), from the metrics."""
+    return Metrics(server.metrics_url).value("seqpredict_calls_active")  # type: ignore[attr-defined]
+
+
 def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
     """Wait for something the server does asynchronously (a cancelled stream's cleanup); generous timeout."""
     deadline = time.monotonic() + timeout

@@ -29,7 +29,7 @@ from tests.badinput import LIMITED as BADINPUT_LIMITS
 from tests.bystanders import Bystanders
 from tests.serverproc import ServerProcess
 
-SERVER_SHAPES = ("one-process", "processes")
+SERVER_SHAPES = ("one_process", "processes")
 
 
 class RunningServer:
@@ -71,6 +71,7 @@ class ProcessServer:
     def __init__(self, frontends: int = 1, **overrides: Any) -> None:
         self.dir = tempfile.mkdtemp(prefix="seqpredict-test-")
         flags = [f"--frontends={frontends}", *_flags(overrides)]
+        self.settings = Settings(port=0, metrics_port=0, **overrides)  # what it was started with
         self.process = ServerProcess(Path(self.dir) / "server.log", *flags)
         self.address = self.process.address
         self.metrics_url = self.process.metrics_url
@@ -105,8 +106,8 @@ def _flags(overrides: dict[str, Any]) -> list[str]:
 
 
 def start_server(shape: str, **overrides: Any) -> RunningServer | ProcessServer:
-    """The server in `shape` ("one-process" or "processes") with settings `overrides`."""
-    return RunningServer(**overrides) if shape == "one-process" else ProcessServer(**overrides)
+    """The server in `shape` ("one_process" or "processes") with settings `overrides`."""
+    return RunningServer(**overrides) if shape == "one_process" else ProcessServer(**overrides)
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -125,20 +126,25 @@ def checkpoint():
     return load_checkpoint(default_checkpoint())
 
 
-@pytest.fixture(scope="module", params=SERVER_SHAPES)
-def server(request: pytest.FixtureRequest) -> Iterator[RunningServer | ProcessServer]:
-    """One server with default settings, shared by a test module — once in each shape."""
-    running = start_server(request.param)
+@pytest.fixture(scope="module")
+def server_one_process() -> Iterator[RunningServer]:
+    """A one-process server, for tests that look inside it (fault injection, internals)."""
+    running = RunningServer()
     yield running
     running.stop()
 
 
 @pytest.fixture(scope="module")
-def local_server() -> Iterator[RunningServer]:
-    """A one-process server, for tests that look inside it (fault injection, internals)."""
-    running = RunningServer()
+def server_processes() -> Iterator[ProcessServer]:
+    running = ProcessServer()
     yield running
     running.stop()
+
+
+@pytest.fixture(scope="module", params=SERVER_SHAPES)
+def server(request: pytest.FixtureRequest) -> RunningServer | ProcessServer:
+    """One server with default settings, shared by a test module — once in each shape."""
+    return request.getfixturevalue(f"server_{request.param}")
 
 
 @pytest.fixture
@@ -161,12 +167,24 @@ def vocab(checkpoint: Checkpoint) -> Vocabulary:
     return checkpoint.vocab
 
 
-@pytest.fixture(scope="module", params=SERVER_SHAPES)
-def limited(request: pytest.FixtureRequest) -> Iterator[RunningServer | ProcessServer]:
-    """A server with small request limits (tokens per request, message size, stream window) — in each shape."""
-    running = start_server(request.param, **BADINPUT_LIMITS)
+@pytest.fixture(scope="module")
+def limited_one_process() -> Iterator[RunningServer]:
+    running = RunningServer(**BADINPUT_LIMITS)
     yield running
     running.stop()
+
+
+@pytest.fixture(scope="module")
+def limited_processes() -> Iterator[ProcessServer]:
+    running = ProcessServer(**BADINPUT_LIMITS)
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module", params=SERVER_SHAPES)
+def limited(request: pytest.FixtureRequest) -> RunningServer | ProcessServer:
+    """A server with small request limits (tokens per request, message size, stream window) — in each shape."""
+    return request.getfixturevalue(f"limited_{request.param}")
 
 
 @pytest.fixture

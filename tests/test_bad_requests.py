@@ -40,7 +40,7 @@ from tests.bystanders import (
     requests_total,
     unique_id,
 )
-from tests.conftest import RunningServer
+from tests.conftest import SERVER_SHAPES, RunningServer
 
 # -- Predict: answered in-band, the stream goes on ----------------------------------------------------------
 
@@ -114,14 +114,20 @@ def _predict(stub: pb_grpc.SequencePredictorStub, messages: list[list[pb.Predict
 TRANSPORTS = {"Predict": _predict, "PredictMany": _predict_many}
 
 
+@pytest.mark.parametrize("shape", SERVER_SHAPES)
 @pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize("case", BAD_PREDICTS.values(), ids=BAD_PREDICTS.keys())
 def test_bad_predict_is_answered_in_band_and_the_stream_goes_on(
-    request: pytest.FixtureRequest, case: BadPredict, transport: str, bystanders: Bystanders, vocab: Vocabulary
+    request: pytest.FixtureRequest,
+    case: BadPredict,
+    transport: str,
+    shape: str,
+    bystanders: Bystanders,
+    vocab: Vocabulary,
 ) -> None:
     """Two copies of the bad request between three bystander rounds on one stream (or PredictMany
     message): each copy gets its own error answer, and the stream and its other sessions go on."""
-    server: RunningServer = request.getfixturevalue(case.server)
+    server: RunningServer = request.getfixturevalue(f"{case.server}_{shape}")
     stub, V = server.stub(), len(vocab)
     bad = [pb.PredictRequest(**case.fields(bystanders.ids[0], V), request_id=i) for i in (1, 2)]
     rounds = [bystanders.requests() for _ in range(3)]

@@ -27,6 +27,7 @@ from tests.bystanders import (
     Metrics,
     assert_counters_moved,
     assert_serving,
+    calls_active,
     handled_total,
     rejected_total,
     unique_id,
@@ -65,7 +66,7 @@ def test_unknown_rpc_is_unimplemented(server: RunningServer, bystanders: Bystand
     assert err.value.code() == UNIMPLEMENTED, err.value.details()
     # Refused by gRPC before any handler: no RPC started, no admission slot taken.
     assert_counters_moved(server.metrics_url, before, {Counter.of("grpc_server_started_total"): 0})
-    wait_until(lambda: server.app.admission.active == 1, "only the bystander stream holds an admission slot")
+    wait_until(lambda: calls_active(server) == 1, "only the bystander stream holds an admission slot")
     stream.round("after")
     stream.close()
     assert_serving(server.address)

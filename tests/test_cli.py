@@ -45,13 +45,13 @@ def test_help_documents_exit_codes() -> None:
         assert f"\n  {code}" in out.stdout
 
 
-def test_info_and_health(server) -> None:
+def test_info_and_health(server, checkpoint) -> None:
     info = cli("info", target=server.address)
     assert info.returncode == 0, info.stderr
-    assert server.app.side.checkpoint.fingerprint in info.stdout
+    assert checkpoint.fingerprint in info.stdout
     assert "LSTM" in info.stdout and "vocabulary" in info.stdout and "limits" in info.stdout
     as_json = json.loads(cli("info", "--json", target=server.address).stdout)
-    assert as_json["vocab_size"] == len(as_json["vocabulary"]) == len(server.app.side.checkpoint.vocab)
+    assert as_json["vocab_size"] == len(as_json["vocabulary"]) == len(checkpoint.vocab)
     health = cli("health", target=server.address)
     assert (health.returncode, health.stdout.strip()) == (0, "SERVING")
 

@@ -303,9 +303,9 @@ def test_generate_argument_errors(client: Client) -> None:
 
 
 # -- model, health, connection ------------------------------------------------------------------------
-def test_model_info_describes_the_served_checkpoint(server, client: Client) -> None:
+def test_model_info_describes_the_served_checkpoint(server, checkpoint, client: Client) -> None:
     info = client.model_info()
-    ckpt = server.app.side.checkpoint  # what the server loaded, even if the file changed since
+    ckpt = checkpoint  # the shipped checkpoint the server serves
     assert info.fingerprint == ckpt.fingerprint and len(info.fingerprint) == 64
     assert info.name == ckpt.path.rsplit("/", 1)[-1]
     assert (info.cell, info.vocab_size) == (ckpt.config.cell, len(ckpt.vocab))

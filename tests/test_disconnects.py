@@ -28,6 +28,7 @@ from tests.bystanders import (
     Metrics,
     assert_counters_moved,
     assert_serving,
+    calls_active,
     handled_total,
     unique_id,
     wait_until,
@@ -109,8 +110,8 @@ def test_a_client_that_disconnects_mid_stream(
             call.cancel()
         channel.close()
     stream.round("while the server cleans up")
-    wait_until(lambda: server.app.admission.active == 1, "the abandoned call leaves the concurrent-call budget")
-    wait_until(lambda: server.app.scheduler.queued == 0, "the abandoned requests leave the scheduler")
+    wait_until(lambda: calls_active(server) == 1, "the abandoned call leaves the concurrent-call budget")
+    wait_until(lambda: Metrics(server.metrics_url).value("seqpredict_queue_depth") == 0, "the requests leave the queue")
     stub = server.stub()
     position = stub.GetSession(pb.GetSessionRequest(session_id=session), timeout=30).position
     assert length <= position <= requests * length

@@ -10,6 +10,7 @@ import grpc
 import pytest
 
 from seqpredict.v1 import seqpredict_pb2 as pb
+from tests.bystanders import Metrics
 from tests.reference import TOLERANCE, reference_probabilities
 
 
@@ -111,19 +112,15 @@ def test_concurrent_generations_batch_together_and_stay_exact(server):
     def run(session: str, seed: int) -> None:
         outputs[session] = text_of(generate(stub, session, prompt_text="CLOWN:\n", max_tokens=120, seed=seed))
 
-    before = server.app.metrics.batch_size.collect()[0].samples
+    before = Metrics(server.metrics_url)
     threads = [threading.Thread(target=run, args=(s, i)) for i, s in enumerate(sessions)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    after = server.app.metrics.batch_size.collect()[0].samples
-
-    def total(samples, name):
-        return next(s.value for s in samples if s.name == name)
-
-    batches = total(after, "seqpredict_batch_size_count") - total(before, "seqpredict_batch_size_count")
-    sessions_stepped = total(after, "seqpredict_batch_size_sum") - total(before, "seqpredict_batch_size_sum")
+    after = Metrics(server.metrics_url)
+    batches = after.value("seqpredict_batch_size_count") - before.value("seqpredict_batch_size_count")
+    sessions_stepped = after.value("seqpredict_batch_size_sum") - before.value("seqpredict_batch_size_sum")
     assert sessions_stepped / batches > 1.5, "concurrent generations share engine batches"
     for i, s in enumerate(sessions):
         alone = text_of(generate(stub, sid(), prompt_text="CLOWN:\n", max_tokens=120, seed=i))

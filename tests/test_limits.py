@@ -25,6 +25,7 @@ from tests.bystanders import (
     Metrics,
     assert_counters_moved,
     assert_serving,
+    calls_active,
     handled_total,
     rejected_total,
     requests_total,
@@ -152,7 +153,7 @@ def test_concurrent_call_limit(model: CharRNN, vocab: Vocabulary) -> None:
         for s in streams:
             s.round("the admitted streams go on")
         streams[1].close()
-        wait_until(lambda: server.app.admission.active == 1, "the closed stream leaves the budget")
+        wait_until(lambda: calls_active(server) == 1, "the closed stream leaves the budget")
         assert stub.GetSession(pb.GetSessionRequest(session_id=first.ids[0]), timeout=30).position > 0
         streams[0].round("after")
         streams[0].close()

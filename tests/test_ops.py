@@ -65,7 +65,7 @@ def test_model_info_describes_the_checkpoint(stub, checkpoint):
     assert info.limits.max_tokens_per_request > 0
 
 
-def test_metrics_move_and_pass_promtool(server, stub):
+def test_metrics_move_and_pass_promtool(server, stub, checkpoint):
     before = scrape(server)
     session = f"m-{uuid.uuid4().hex[:8]}"
     requests = [pb.PredictRequest(session_id=session, text="Hello"), pb.PredictRequest(session_id="bad id", text="x")]
@@ -99,7 +99,7 @@ def test_metrics_move_and_pass_promtool(server, stub):
     assert delta("seqpredict_request_latency_seconds_count", kind="predict") == 1
     assert delta("seqpredict_request_latency_seconds_count", kind="generate") == 7
     assert delta("seqpredict_batch_size_count") >= 8
-    assert sample(after, "seqpredict_model_info", fingerprint=server.app.side.checkpoint.fingerprint) == 1
+    assert sample(after, "seqpredict_model_info", fingerprint=checkpoint.fingerprint) == 1
     assert sample(after, "seqpredict_state_pool_bytes") > 0
     for line in after.splitlines():
         assert "session_id" not in line and session not in line, "labels never carry a session id"
@@ -115,7 +115,9 @@ def test_generated_code_is_fresh():
     assert result.returncode == 0, result.stderr
 
 
-def test_a_bug_is_internal_with_a_logged_traceback_and_the_server_goes_on(server, stub, monkeypatch, caplog):
+def test_a_bug_is_internal_with_a_logged_traceback_and_the_server_goes_on(server_one_process, monkeypatch, caplog):
+    server = server_one_process  # the bug is injected into the server's own objects
+    stub = server.stub()
     class Broken(Validator):
         def session_id(self, value: str) -> str:
             raise RuntimeError("a bug")

@@ -20,6 +20,7 @@ import zmq
 
 from seqpredict.server.engine import Delivery
 from seqpredict.server.engine_side import EngineSide
+from seqpredict.server.errors import Code, RequestFailed
 from seqpredict.server.jobs import Job
 from seqpredict.server.wire import ENCODER, TO_ENGINE, FromEngine, Reply, Status, encode_payload, job_from_spec
 
@@ -117,7 +118,12 @@ class EngineLoop:
                 self.request_stop()
             received, jobs = time.perf_counter(), []
             for spec in message.jobs:
-                job = job_from_spec(spec, received)
+                try:
+                    job = job_from_spec(spec, received)
+                except Exception as exc:  # a frontend of another version, or a bug: refuse this job only
+                    log.exception("cannot make a job of %s", spec.kind)
+                    self._reply_failure(peer, spec.id, f"internal error: the engine cannot run this request ({exc})")
+                    continue
                 self.jobs[(peer, spec.id)] = job
                 self.origin[id(job)] = (peer, spec.id)
                 jobs.append(job)
@@ -143,13 +149,23 @@ class EngineLoop:
             if origin is None:
                 continue
             peer, wire_id = origin
-            kind, value = encode_payload(payload)
+            try:
+                kind, value = encode_payload(payload)
+            except Exception as exc:  # a bug: this caller gets INTERNAL, the others their answers
+                log.exception("cannot encode an answer")
+                job.done = True
+                kind, value = encode_payload(RequestFailed(Code.INTERNAL, f"internal error: {exc}"))
             by_peer[peer].append(Reply(wire_id, job.done, kind, value))
             if job.done:
                 del self.origin[id(job)]
                 self.jobs.pop(origin, None)
         for peer, replies in by_peer.items():
             self.sock.send_multipart([peer, ENCODER.encode(FromEngine(replies=replies))], zmq.NOBLOCK)
+
+    def _reply_failure(self, peer: bytes, wire_id: int, message: str) -> None:
+        kind, value = encode_payload(RequestFailed(Code.INTERNAL, message))
+        data = ENCODER.encode(FromEngine(replies=[Reply(wire_id, True, kind, value)]))
+        self.sock.send_multipart([peer, data], zmq.NOBLOCK)
 
     def _status(self) -> None:
         status = Status(time.monotonic() - self.heartbeat, self.scheduler.queued, self.stop_requested)

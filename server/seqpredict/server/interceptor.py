@@ -44,6 +44,7 @@ class _RpcSeries:
         self.seconds = metrics.grpc_handling_seconds.labels(*labels)
         self.received = metrics.grpc_msg_received.labels(*labels)
         self.sent = metrics.grpc_msg_sent.labels(*labels)
+        self.calls_active = metrics.calls_active
         self._handled = metrics.grpc_handled
         self._labels = labels
 
@@ -92,6 +93,8 @@ class _Accounted:
         self._started = time.perf_counter()
         self._series.started.inc()
         self._admission.active += self._counted
+        if self._counted:
+            self._series.calls_active.inc()
 
     async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
         # CancelledError / GeneratorExit: grpc ended the call (cancel, deadline); AbortError: a status was set.
@@ -103,6 +106,8 @@ class _Accounted:
                 await self._context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}")
         finally:
             self._admission.active -= self._counted
+            if self._counted:
+                self._series.calls_active.dec()
             self._series.handled(_final_code(self._context, exc), self._started)
 
 

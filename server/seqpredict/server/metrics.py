@@ -105,6 +105,11 @@ class Metrics:
         self.pool_bytes = Gauge("seqpredict_state_pool_bytes", "Bytes allocated for recurrent state.", registry=r)
         self.pool_slots = Gauge("seqpredict_state_pool_slots", "Session slots allocated in the state pool.", registry=r)
         self.streams_active = Gauge("seqpredict_streams_active", "Open Predict/Generate streams.", registry=r)
+        self.calls_active = Gauge(
+            "seqpredict_calls_active",
+            "RPCs in progress that count against --max-streams (every call but health checks).",
+            registry=r,
+        )
         self.stream_pauses = Counter(
             "seqpredict_stream_pauses",
             "Times a Predict stream's window filled and the server stopped reading it (flow control).",

@@ -81,7 +81,9 @@ class RemoteEngine:
 
     # -- out -------------------------------------------------------------------------------------------------
     def _cancel(self, wire_id: int) -> None:
-        if wire_id in self._pending:
+        """The caller is gone: nothing more is delivered for this job (the engine drops it if it has
+        not started, and finishes it quietly otherwise)."""
+        if self._pending.pop(wire_id, None) is not None:
             self._cancels.append(wire_id)
             self._schedule_flush()
 
@@ -105,20 +107,35 @@ class RemoteEngine:
 
     # -- in --------------------------------------------------------------------------------------------------
     async def _read(self) -> None:
-        while True:
-            data = await self.sock.recv()
-            try:
-                message = FROM_ENGINE.decode(data)
-            except Exception:
-                log.exception("undecodable message from the engine: dropped")
+        try:
+            while True:
+                self._dispatch(await self.sock.recv())
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # nothing may wait for an answer that can no longer arrive
+            log.critical("the link to the engine broke", exc_info=exc)
+            self._fail(f"{ENGINE_GONE} (link broken: {exc})")
+
+    def _dispatch(self, data: bytes) -> None:
+        try:
+            message = FROM_ENGINE.decode(data)
+        except Exception:
+            log.exception("undecodable message from the engine: dropped")
+            return
+        if message.status is not None:
+            self.heartbeat = time.monotonic() - message.status.beat_age
+            self.queued = message.status.queued
+        for reply in message.replies:
+            job = self._pending.pop(reply.id, None) if reply.final else self._pending.get(reply.id)
+            if job is None:
                 continue
-            if message.status is not None:
-                self.heartbeat = time.monotonic() - message.status.beat_age
-                self.queued = message.status.queued
-            for reply in message.replies:
-                job = self._pending.pop(reply.id, None) if reply.final else self._pending.get(reply.id)
-                if job is not None:
-                    deliver(job, decode_payload(reply.type, reply.value))
+            try:
+                payload = decode_payload(reply.type, reply.value)
+            except Exception as exc:  # a bug: this caller gets INTERNAL, the others their answers
+                log.exception("undecodable answer from the engine")
+                payload = RequestFailed(Code.INTERNAL, f"internal error: undecodable answer ({exc})")
+                self._pending.pop(reply.id, None)
+            deliver(job, payload)
 
     def _engine_exited(self) -> None:
         log.critical("the engine process (pid %d) has exited", self.engine_pid)

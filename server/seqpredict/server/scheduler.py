@@ -171,6 +171,7 @@ class Scheduler:
                     self._ready.append(run.session_id)
                 else:
                     del self._queues[run.session_id]
+            self.metrics.queue_depth.set(self._queued)
 
     def _fail_unanswered(self, batch: list[Run], out: list[Delivery]) -> None:
         """After an engine exception: jobs already answered stay answered; the others fail with
