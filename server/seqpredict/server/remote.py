@@ -36,9 +36,6 @@ class RemoteEngine:
         self.sock.setsockopt(zmq.RCVHWM, 0)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.connect(endpoint)
-        # The same socket, used synchronously for sends from the loop's thread: a send never waits
-        # (the queue is unbounded; what is in flight is bounded by the streams' windows).
-        self._sender = zmq.Socket.shadow(self.sock.underlying)
         self.engine_pid = engine_pid
         self.heartbeat = time.monotonic()
         self.queued = 0
@@ -55,7 +52,7 @@ class RemoteEngine:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._reader = self._loop.create_task(self._read())
-        self._sender.send(ENCODER.encode(ToEngine()), zmq.NOBLOCK)  # hello: the engine learns our identity
+        self._send(ToEngine())  # hello: the engine learns our identity
         if self.engine_pid is not None:
             self._pidfd = os.pidfd_open(self.engine_pid)
             self._loop.add_reader(self._pidfd, self._engine_exited)
@@ -99,9 +96,21 @@ class RemoteEngine:
             return
         message = ToEngine(self._jobs, self._cancels)
         self._jobs, self._cancels = [], []
-        try:
-            self._sender.send(ENCODER.encode(message), zmq.NOBLOCK)
-        except zmq.ZMQError as exc:  # cannot happen with an unbounded queue; never leave callers waiting
+        self._send(message)
+
+    def _send(self, message: ToEngine) -> None:
+        """Without waiting: the queue is unbounded (what is in flight is bounded by the streams' windows).
+
+        Through the asyncio socket, never a synchronous twin of it: ZeroMQ signals readiness on an
+        edge-triggered descriptor, and only the asyncio socket knows to re-check for answers that
+        arrived while it sent — a send behind its back can leave them unread for good.
+        """
+        sent = self.sock.send(ENCODER.encode(message), zmq.NOBLOCK)
+        sent.add_done_callback(self._sent)
+
+    def _sent(self, sent: asyncio.Future) -> None:
+        exc = sent.exception()
+        if exc is not None:  # cannot happen with an unbounded queue; never leave callers waiting
             log.error("cannot send to the engine: %s", exc)
             self._fail(f"{ENGINE_GONE} ({exc})")
 
