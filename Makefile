@@ -23,6 +23,7 @@ TRAIN_FLAGS := --hidden-size 256 --num-layers 2 --embed-dim 64 --dropout 0.2 --b
 PIP := PYTHONWARNINGS="ignore:Editable installation" $(BIN)/pip -qq
 
 .PHONY: help install shell system-deps docker-deps gen run test test-fast test-docker lint format train ship-model \
+	bench-peers bench-peers-short java-runtime \
 	eval bench bench-short soak dist docker-wheels clean
 
 help: ## list every target
@@ -130,7 +131,6 @@ soak: install ## 10-minute mixed load with low limits (bench/soak/report.md); SO
 # The peer benchmark (not in CI): TorchServe 0.12 in a virtualenv of its own, on Debian's Java 17.
 # It holds seqpredict too (editable): the handler loads our checkpoint with it and the driver reuses
 # bench/loadgen.py and the reference model. torch is pinned exactly, as above.
-.PHONY: bench-peers bench-peers-short java-runtime
 TS_VENV := bench/peers/.venv-torchserve
 TS_STAMP := $(TS_VENV)/.installed
 TS_STUBS := $(TS_VENV)/ts-grpc/inference_pb2.py

@@ -52,7 +52,7 @@ def test_unknown_seqpredict_variables_are_warned_about_at_start_up(tmp_path: Pat
         log = server.log()
     finally:
         server.kill()
-    warnings = [line.split("WARNING seqpredict.server: ", 1)[1] for line in log.splitlines() if " WARNING " in line]
+    warnings = [line.split(" seqpredict.server: ", 1)[1] for line in log.splitlines() if " WARNING " in line]
     assert warnings == [
         "SEQPREDICT_COLOUR is not a setting and is ignored; `seqpredict-server --help` lists the settings",
         "SEQPREDICT_MAX_SESION is not a setting and is ignored; did you mean SEQPREDICT_MAX_SESSIONS?",

@@ -32,6 +32,9 @@ from seqpredict.server.snapshotter import StartupError
 
 log = logging.getLogger("seqpredict.server.engine")
 
+EXIT_SNAPSHOT_FAILED = 1  # stopped as asked, but the final snapshot was not written
+EXIT_BROKEN = 70  # the loop itself failed (EX_SOFTWARE)
+
 
 def main(settings: Settings, endpoint: str, conn: Connection) -> None:
     configure_logging(settings.log_level, "engine")
@@ -58,7 +61,7 @@ def main(settings: Settings, endpoint: str, conn: Connection) -> None:
     except BaseException as exc:
         log.critical("the engine loop died; failing every request in flight", exc_info=exc)
         loop.fail_everything(exc)
-        sys.exit(1)
+        sys.exit(EXIT_BROKEN)
     metrics.ready.set(0)
     if side.snapshotter is not None:
         saved = side.snapshotter.final()
@@ -66,4 +69,4 @@ def main(settings: Settings, endpoint: str, conn: Connection) -> None:
         side.release_all()
         saved = True
     metrics_http.shutdown()
-    sys.exit(0 if saved else 1)
+    sys.exit(0 if saved else EXIT_SNAPSHOT_FAILED)

@@ -178,8 +178,13 @@ class Supervisor:
         self._stop_frontends(grace=self.settings.grace_s + 10)
         status = self._stop_engine()
         self.close()
-        log.info("stopped (status %d)", status)
-        return status
+        if status == engine_process.EXIT_SNAPSHOT_FAILED:
+            log.error("exiting with status 1: the final snapshot was not written")
+        elif status != 0:
+            log.error("exiting with status 1: the engine stopped with status %d", status)
+        else:
+            log.info("stopped")
+        return 0 if status == 0 else 1
 
     def _stop_frontends(self, grace: float) -> None:
         for process in self.frontends.values():
