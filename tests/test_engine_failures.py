@@ -6,6 +6,9 @@ raise or stall), and everything is observed from outside over gRPC and the metri
 
 from __future__ import annotations
 
+import os
+import re
+import signal
 import threading
 import urllib.error
 import urllib.request
@@ -18,6 +21,7 @@ from seqpredict.v1 import seqpredict_pb2 as pb
 from tests.bystanders import Counter, Metrics, assert_counters_moved, unique_id, wait_until
 from tests.conftest import RunningServer
 from tests.reference import assert_top_matches, reference_probabilities
+from tests.serverproc import ServerProcess
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -169,3 +173,52 @@ def test_a_generation_cancelled_during_its_prompt_feeds_the_whole_prompt_and_not
         assert info.position == 2048, "the whole prompt, and no generated token after the cancel"
     finally:
         server.stop()
+
+
+# -- the multi-process server: the engine and the frontends are processes that can die ----------------------
+
+
+def _pid_of(server: ServerProcess, what: str) -> int:
+    """The pid the supervisor logged for "engine process" or "frontend 1"."""
+    match = re.findall(rf"{what} (?:process )?ready \(pid (\d+)\)", server.log())
+    assert match, f"no pid for {what} in the log"
+    return int(match[-1])
+
+
+def test_when_the_engine_process_dies_calls_fail_at_once_and_the_server_exits_1(tmp_path) -> None:
+    """SIGKILL to the engine mid-generation: the generation fails INTERNAL at once (not at its deadline),
+    health turns NOT_SERVING, and the supervisor stops the frontends and exits 1 for the orchestrator
+    to restart the server."""
+    server = ServerProcess(tmp_path / "server.log", "--frontends", "1")
+    try:
+        stub = server.stub()
+        generation = stub.Generate(pb.GenerateRequest(session_id=unique_id("gen"), max_tokens=4096), timeout=120)
+        next(generation)
+        with grpc.insecure_channel(server.address) as channel:
+            watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(), timeout=60)
+            assert next(watch).status == SERVING
+            os.kill(_pid_of(server, "engine"), signal.SIGKILL)
+            with pytest.raises(grpc.RpcError) as err:
+                for _ in generation:
+                    pass
+            assert err.value.code() == grpc.StatusCode.INTERNAL and "engine has stopped" in err.value.details()
+            assert next(watch).status == NOT_SERVING, "health follows the engine"
+        assert server.wait(60) == 1
+        assert "the engine process exited" in server.log()
+    finally:
+        server.kill()
+
+
+def test_a_frontend_that_dies_is_started_again_and_the_sessions_are_kept(tmp_path) -> None:
+    server = ServerProcess(tmp_path / "server.log", "--frontends", "1")
+    try:
+        sid = unique_id("kept")
+        assert feed(server.stub(), sid, "abc").position == 3
+        os.kill(_pid_of(server, "frontend 1"), signal.SIGKILL)
+        wait_until(lambda: server.log().count("frontend 1 ready") == 2, "the frontend is started again")
+        server.wait_serving()
+        assert feed(server.stub(), sid, "d").position == 4, "the engine kept the session"
+        assert "frontend 1 exited" in server.log()
+    finally:
+        server.signal(signal.SIGTERM)
+        assert server.wait(60) == 0

@@ -118,6 +118,7 @@ def test_generated_code_is_fresh():
 def test_a_bug_is_internal_with_a_logged_traceback_and_the_server_goes_on(server_one_process, monkeypatch, caplog):
     server = server_one_process  # the bug is injected into the server's own objects
     stub = server.stub()
+
     class Broken(Validator):
         def session_id(self, value: str) -> str:
             raise RuntimeError("a bug")

@@ -105,6 +105,7 @@ class Supervisor:
         child.close()
         message = self._await_ready(parent, self.engine, "the engine")
         _, self.card, self.engine_metrics = message
+        log.info("engine process ready (pid %d)", self.engine.pid)
 
     def _start_frontend(self, index: int) -> None:
         assert self.engine is not None and self.card is not None
@@ -115,6 +116,7 @@ class Supervisor:
         child.close()
         _, self.frontend_metrics[index] = self._await_ready(parent, process, f"frontend {index}")
         self.frontends[index] = process
+        log.info("frontend %d ready (pid %d)", index, process.pid)
 
     def _await_ready(self, conn: Connection, process: BaseProcess, what: str) -> tuple:
         deadline = time.monotonic() + START_TIMEOUT_S
