@@ -188,3 +188,27 @@ def test_a_paused_stream_does_not_hold_up_other_streams(limited: RunningServer, 
     requests.stop.set()
     call.cancel()
     channel.close()
+
+
+@pytest.mark.slow
+def test_streams_abandoned_while_flow_control_holds_their_answers_end_quietly(tmp_path) -> None:
+    """A client that stops reading, then cancels: its stream ends without an error in the server's
+    log (it is a client going away, not a server failure), and the server serves the next one."""
+    server = ServerProcess(tmp_path / "server.log", "--stream-window", "8", "--stream-window-bytes", "1048576")
+    try:
+        for k in range(3):
+            slow = unique_id(f"gone{k}")
+            requests = CountingRequests(
+                lambda i, s=slow: pb.PredictRequest(session_id=s, text="abcdefgh" * 32, all_steps=True, top_k=V)
+            )
+            call = server.stub().Predict(iter(requests), timeout=60)
+            wait_until(lambda: Metrics(server.metrics_url).value("seqpredict_streams_paused") >= 1, "paused")
+            call.cancel()
+            requests.stop.set()
+        wait_until(lambda: Metrics(server.metrics_url).value("seqpredict_streams_active") == 0, "all gone")
+        with Client(server.address) as client:
+            assert client.session(unique_id("next")).feed("abc").position == 3
+    finally:
+        server.signal()
+        assert server.wait(60) == 0
+    assert " ERROR " not in server.log(), server.log()

@@ -17,6 +17,10 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc import aio
 
+# What a write raises once the client has reset the stream (it went away while flow control held
+# the answer): the call is over, not broken. Not re-exported by grpc.aio.
+from grpc._cython.cygrpc import ExecuteBatchError
+
 from seqpredict.server.answer_size import AnswerSizer, receive_limit
 from seqpredict.server.errors import Code, RequestFailed
 from seqpredict.server.handle import EngineHandle
@@ -109,9 +113,11 @@ class SequencePredictorService(pb_grpc.SequencePredictorServicer):
                 prepared = self._too_large(bound, limit)
             return [(req, self._submit(prepared))], bound
 
-        async for unit in self._answer_in_order(request_iterator, context, submit):
+        def render(unit: Unit) -> pb.PredictResponse:
             req, result = unit.results()[0]
-            yield self._response(req, result)
+            return self._response(req, result)
+
+        await self._answer_in_order(request_iterator, context, submit, render)
 
     async def PredictMany(self, request_iterator: AsyncIterator[pb.PredictManyRequest], context: aio.ServicerContext):
         limit = receive_limit(context.invocation_metadata(), self.max_answer_bytes)
@@ -124,17 +130,24 @@ class SequencePredictorService(pb_grpc.SequencePredictorServicer):
                 return [(req, self._submit(refusal)) for req in message.requests], bound
             return [(req, self._submit(p)) for req, (p, _) in zip(message.requests, prepared, strict=True)], bound
 
-        async for unit in self._answer_in_order(request_iterator, context, submit):
-            yield pb.PredictManyResponse(responses=[self._response(req, result) for req, result in unit.results()])
+        def render(unit: Unit) -> pb.PredictManyResponse:
+            return pb.PredictManyResponse(responses=[self._response(req, result) for req, result in unit.results()])
+
+        await self._answer_in_order(request_iterator, context, submit, render)
 
     async def _answer_in_order(
         self,
         request_iterator: AsyncIterator[Any],
         context: aio.ServicerContext,
         submit: Callable[[Any], Submitted],
-    ) -> AsyncIterator[Unit]:
+        render: Callable[[Unit], Any],
+    ) -> None:
         """Read requests in a task of their own (so many can be in flight, up to the window);
-        yield answers in order."""
+        write the answers in order.
+
+        Written with context.write rather than yielded: a write that fails because the client went
+        away (it cancelled while flow control held the answer) is then ours to end quietly, where
+        gRPC would log a yielded one as an error."""
         answers = OrderedAnswers(self.window)
         failure: list[Exception] = []
         metrics = self.metrics
@@ -167,7 +180,11 @@ class SequencePredictorService(pb_grpc.SequencePredictorServicer):
                 if unit.marker == DRAINED:
                     # Everything received before the drain was answered above; nothing after it was applied.
                     await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is draining; reconnect to continue")
-                yield unit
+                try:
+                    await context.write(render(unit))
+                except ExecuteBatchError:  # the stream is gone (reset, cancelled): nobody left to answer
+                    log.debug("a Predict stream went away with %d answer(s) unsent", answers.outstanding)
+                    return
                 answers.sent(unit)
         finally:
             self.metrics.streams_active.dec()
