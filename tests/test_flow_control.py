@@ -203,6 +203,7 @@ def test_streams_abandoned_while_flow_control_holds_their_answers_end_quietly(tm
             )
             call = server.stub().Predict(iter(requests), timeout=60)
             wait_until(lambda: Metrics(server.metrics_url).value("seqpredict_streams_paused") >= 1, "paused")
+            time.sleep(1)  # the server's write of an answer is held by flow control when the client goes
             call.cancel()
             requests.stop.set()
         wait_until(lambda: Metrics(server.metrics_url).value("seqpredict_streams_active") == 0, "all gone")
