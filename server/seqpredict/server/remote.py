@@ -45,6 +45,7 @@ class RemoteEngine:
         self._jobs: list[JobSpec] = []
         self._cancels: list[int] = []
         self._flush_scheduled = False
+        self._on_cancel = self._cancel  # one bound method for every job, not one per job
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reader: asyncio.Task[None] | None = None
         self._pidfd: int | None = None
@@ -70,18 +71,18 @@ class RemoteEngine:
         if self._failure is not None:
             raise RequestFailed(Code.INTERNAL, ENGINE_GONE)
         self._next_id += 1
-        wire_id = self._next_id
+        wire_id = job.wire_id = self._next_id
         self._pending[wire_id] = job
-        job.on_cancel = lambda _job, wire_id=wire_id: self._cancel(wire_id)  # type: ignore[misc]
+        job.on_cancel = self._on_cancel
         self._jobs.append(job_spec(job, wire_id))
         self._schedule_flush()
 
     # -- out -------------------------------------------------------------------------------------------------
-    def _cancel(self, wire_id: int) -> None:
+    def _cancel(self, job: Job) -> None:
         """The caller is gone: nothing more is delivered for this job (the engine drops it if it has
         not started, and finishes it quietly otherwise)."""
-        if self._pending.pop(wire_id, None) is not None:
-            self._cancels.append(wire_id)
+        if self._pending.pop(job.wire_id, None) is not None:
+            self._cancels.append(job.wire_id)
             self._schedule_flush()
 
     def _schedule_flush(self) -> None:

@@ -242,10 +242,11 @@ class SequencePredictorService(pb_grpc.SequencePredictorServicer):
             incarnation=result.incarnation,
             created=result.created,
             ended=result.ended,
-            next=self._top(result.next),
         )
+        self._fill(response.next, result.next)
         if result.steps is not None:
-            response.steps.extend(pb.StepPrediction(top=self._top(step)) for step in result.steps)
+            for step in result.steps:
+                self._fill(response.steps.add().top, step)
         if result.token_log_probs is not None:
             response.token_log_probs.extend(result.token_log_probs)
             response.log_prob_sum = result.log_prob_sum
@@ -254,11 +255,13 @@ class SequencePredictorService(pb_grpc.SequencePredictorServicer):
             response.error.message = result.error.message
         return response
 
-    def _top(self, top: TopK) -> list[pb.TokenProbability]:
-        texts, make = self._texts, pb.TokenProbability
+    def _fill(self, field: Any, top: TopK) -> None:
+        """Append top-k rows to a repeated TokenProbability field: adding in place is about twice as
+        fast as building messages and copying them in, on the path of every answer."""
+        texts, add = self._texts, field.add
         ids, probs, logps = top
-        rows = zip(ids, probs, logps, strict=True)
-        return [make(id=t, text=texts[t], probability=p, log_probability=lp) for t, p, lp in rows]
+        for t, p, lp in zip(ids, probs, logps, strict=True):
+            add(id=t, text=texts[t], probability=p, log_probability=lp)
 
     # -- Generate ------------------------------------------------------------------------------------
     async def Generate(self, request: pb.GenerateRequest, context: aio.ServicerContext):

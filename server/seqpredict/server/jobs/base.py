@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from seqpredict.server.errors import RequestFailed
@@ -77,6 +78,10 @@ class StepOutput:
     sampled_log_probability: float = 0.0
 
 
+# One C-level getter per job kind for its wire fields: built on first use.
+_GETTERS: dict[type, Callable[[Any], Any]] = {}
+
+
 @dataclass(eq=False, slots=True)
 class Job:
     session_id: str
@@ -88,6 +93,7 @@ class Job:
     answered_at: float = 0.0  # when its last payload left the engine (per-token latency of a generation)
     # Told when the caller goes away (a frontend forwards it to the engine process).
     on_cancel: Callable[[Job], None] | None = None
+    wire_id: int = 0  # a frontend's id for the job in the engine process
 
     kind: ClassVar[str] = "session"  # the `kind` label of the request metrics
     per_session: ClassVar[bool] = True  # False: queued under a key of its own (ListSessions)
@@ -102,7 +108,11 @@ class Job:
                 self.on_cancel(self)
 
     def wire_values(self) -> list[Any]:
-        return [getattr(self, name) for name in self.WIRE_FIELDS]
+        getter = _GETTERS.get(type(self))
+        if getter is None:
+            getter = _GETTERS[type(self)] = attrgetter(*self.WIRE_FIELDS) if self.WIRE_FIELDS else lambda job: ()
+        values = getter(self)
+        return list(values) if isinstance(values, tuple) and len(self.WIRE_FIELDS) != 1 else [values]
 
     @classmethod
     def from_wire(cls, session_id: str, received: float, values: list[Any]) -> Job:
