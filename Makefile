@@ -52,8 +52,10 @@ shell: install ## a shell with .venv activated, so `seqpredict` and `seqpredict-
 	@bash --rcfile <(echo '[ -f ~/.bashrc ] && . ~/.bashrc; . $(BIN)/activate') -i
 
 # Debian tools the tests use as real parts: promtool and prometheus (metrics and alert checks
-# against a real Prometheus), docker-compose (validates docker-compose.yml; no engine needed).
-SYSTEM_TOOLS := promtool:prometheus prometheus:prometheus docker-compose:docker-compose
+# against a real Prometheus), docker-compose (validates docker-compose.yml; no engine needed),
+# redis-server and nginx (several replicas sharing sessions, behind the reference proxy).
+SYSTEM_TOOLS := promtool:prometheus prometheus:prometheus docker-compose:docker-compose \
+	redis-server:redis-server redis-cli:redis-tools nginx:nginx-light
 # And for `make test-docker`: a Docker engine of the tests' own, and mmdebstrap for a stand-in
 # base image when Docker Hub cannot be reached.
 DOCKER_TOOLS := dockerd:docker.io containerd:containerd runc:runc iptables:iptables mmdebstrap:mmdebstrap \
@@ -69,7 +71,7 @@ define apt_install_missing
 	fi
 endef
 
-system-deps: ## Debian's prometheus/promtool and docker-compose, which the tests run (apt, when missing)
+system-deps: ## Debian's prometheus/promtool, docker-compose, redis-server and nginx, which the tests run (apt, when missing)
 	$(call apt_install_missing,$(SYSTEM_TOOLS))
 
 docker-deps: ## Debian's docker.io, containerd, runc, iptables and mmdebstrap for make test-docker (apt)

@@ -31,8 +31,15 @@ def free_port() -> int:
 class ServerProcess:
     """`seqpredict-server` started with flags and SEQPREDICT_* variables; logs go to a file."""
 
-    def __init__(self, log_path: Path, *args: str, env: dict[str, str] | None = None, wait: bool = True) -> None:
-        self.port, self.metrics_port = free_port(), free_port()
+    def __init__(
+        self,
+        log_path: Path,
+        *args: str,
+        env: dict[str, str] | None = None,
+        wait: bool = True,
+        ports: tuple[int, int] | None = None,
+    ) -> None:
+        self.port, self.metrics_port = ports or (free_port(), free_port())
         self.address = f"127.0.0.1:{self.port}"
         self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
         self.log_path = log_path

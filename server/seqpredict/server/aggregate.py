@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 log = logging.getLogger(__name__)
 
 FETCH_TIMEOUT_S = 5.0
-TAKE_MIN = {"seqpredict_ready", "process_start_time_seconds", "process_max_fds"}
+TAKE_MIN = {"seqpredict_ready", "seqpredict_state_store_up", "process_start_time_seconds", "process_max_fds"}
 TAKE_MAX = {"seqpredict_engine_heartbeat_age_seconds", "seqpredict_sessions_limit", "seqpredict_model_info"}
 
 
@@ -73,16 +73,20 @@ def exposition(urls: Iterable[str]) -> bytes:
     return generate_latest(registry)
 
 
-def probe(url: str) -> bool:
+def probe(url: str) -> str | None:
+    """The body of a probe that answered 200 (it may say why it is degraded), or None."""
     try:
         with urllib.request.urlopen(url, timeout=FETCH_TIMEOUT_S) as response:
-            return response.status == 200
+            return response.read().decode(errors="replace") if response.status == 200 else None
     except OSError:
-        return False
+        return None
 
 
-def handler(metrics_urls: Callable[[], list[str]], live: Callable[[], bool], ready: Callable[[], bool]) -> type:
-    """The supervisor's HTTP handler: merged /metrics, and /healthz, /readyz over every process."""
+def handler(
+    metrics_urls: Callable[[], list[str]], live: Callable[[], bool], ready: Callable[[], str | None]
+) -> type:
+    """The supervisor's HTTP handler: merged /metrics, and /healthz, /readyz over every process
+    (`ready`: the body to answer 200 with, or None for 503)."""
 
     class Handler(BaseHTTPRequestHandler):
         timeout = 10.0
@@ -90,8 +94,8 @@ def handler(metrics_urls: Callable[[], list[str]], live: Callable[[], bool], rea
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path in ("/healthz", "/readyz"):
-                ok = live() if path == "/healthz" else ready()
-                body, status = (b"ok\n", 200) if ok else (b"unavailable\n", 503)
+                answer = ("ok\n" if live() else None) if path == "/healthz" else ready()
+                body, status = (answer.encode(), 200) if answer is not None else (b"unavailable\n", 503)
                 content_type = "text/plain; charset=utf-8"
             else:
                 body, status, content_type = exposition(metrics_urls()), 200, "text/plain; version=0.0.4; charset=utf-8"

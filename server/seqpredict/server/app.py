@@ -23,7 +23,7 @@ from seqpredict.server.config import Settings
 from seqpredict.server.engine_side import EngineSide, build_engine_side
 from seqpredict.server.inference_thread import InferenceThread
 from seqpredict.server.metrics import Metrics
-from seqpredict.server.metrics_http import start_metrics_server
+from seqpredict.server.metrics_http import STORE_DOWN, start_metrics_server
 from seqpredict.server.ports import check_free
 from seqpredict.server.scheduler import Scheduler
 from seqpredict.server.transport import SERVICE_NAME, Transport, grpc_options, start_transport
@@ -77,10 +77,8 @@ class App:
         saved = True
         if self.fatal.is_set():
             log.error("no final snapshot: the inference thread died mid-batch; the last periodic one stands")
-        elif self.side.snapshotter is not None:
-            saved = await loop.run_in_executor(None, self.side.snapshotter.final)
         else:
-            self.side.release_all()
+            saved = await loop.run_in_executor(None, self.side.finish)
         self.metrics_http.shutdown()
         self.metrics_http.server_close()
         log.info("stopped")
@@ -95,7 +93,7 @@ async def create_server(settings: Settings) -> App:
     disable_created_metrics()  # `_created` series double the exposition and no dashboard reads them
     metrics = Metrics()
     side = build_engine_side(settings, metrics)
-    runner = InferenceThread(side.scheduler, side.housekeeping)
+    runner = InferenceThread(side.scheduler, side.housekeeping, side.between_batches, side.next_commit)
     runner.start(asyncio.get_running_loop())
     transport = await start_transport(settings, side.card, runner, metrics)
     metrics_http = start_metrics_server(
@@ -104,6 +102,7 @@ async def create_server(settings: Settings) -> App:
         metrics.registry,
         live=lambda: runner.alive,
         ready=lambda: transport.serving,
+        degraded=lambda: "" if runner.store_up else STORE_DOWN,
     )
     app = App(settings, side, runner, transport, metrics_http)
     log.info(

@@ -16,11 +16,22 @@ from dataclasses import dataclass, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from seqpredict.client.version import version_line
 
 ENV_PREFIX = "SEQPREDICT_"
 SECRETS = frozenset({"auth_tokens"})
+STORE_SCHEMES = ("redis", "rediss", "redis+cluster", "rediss+cluster")
+
+
+def redacted_url(url: str) -> str:
+    """The URL without its password, for logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def default_checkpoint() -> str:
@@ -118,6 +129,28 @@ class Settings:
         default=60.0, metadata=_meta("with snapshot_path, also snapshot this often (0: only on drain)")
     )
 
+    # Many replicas, one session space: sessions' state in Redis, shared by every replica.
+    state_store: str = dataclasses.field(
+        default="",
+        metadata=_meta(
+            "shared session store: redis://[:password@]host:port/db, rediss:// (TLS), redis+cluster:// or"
+            " rediss+cluster:// (Redis Cluster); ?prefix=name keeps deployments apart ('' = off)"
+        ),
+    )
+    durability: str = dataclasses.field(
+        default="",
+        metadata=_meta(
+            "with state_store: sync (an answer leaves only once the state it came from is committed) or async"
+            " (commit every commit_interval_ms and at drain; a crash may lose the last interval) (default: sync)"
+        ),
+    )
+    commit_interval_ms: float = dataclasses.field(
+        default=200.0, metadata=_meta("durability async: how often changed sessions are committed")
+    )
+    state_store_timeout_ms: float = dataclasses.field(
+        default=1000.0, metadata=_meta("longest wait for the session store before it counts as unreachable")
+    )
+
     # Security. Tokens are secrets: never printed.
     tls_cert: str = dataclasses.field(default="", metadata=_meta("PEM server certificate chain (enables TLS)"))
     tls_key: str = dataclasses.field(default="", metadata=_meta("PEM private key of tls_cert"))
@@ -205,6 +238,44 @@ class Settings:
             if snapshot.exists() and snapshot.resolve() == Path(self.checkpoint).resolve():
                 raise ValueError(f"snapshot_path {self.snapshot_path} is the checkpoint: snapshots would overwrite it")
 
+        self._check_state_store()
+
+    def _check_state_store(self) -> None:
+        if self.durability not in ("", "off", "async", "sync"):
+            raise ValueError(f"durability must be sync, async or off, got {self.durability!r}")
+        for name in ("commit_interval_ms", "state_store_timeout_ms"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not self.state_store:
+            if self.durability in ("async", "sync"):
+                raise ValueError(f"durability {self.durability} needs state_store (the Redis to commit sessions to)")
+            return
+        if self.durability == "off":
+            raise ValueError("state_store is set but durability is off: sessions would never reach the store")
+        if self.snapshot_path:
+            raise ValueError(
+                "snapshot_path and state_store are both set: with a state store, sessions live in the store"
+                " (a local snapshot would restore stale copies next to it); unset one"
+            )
+        parts = urlsplit(self.state_store)
+        if parts.scheme not in STORE_SCHEMES:
+            raise ValueError(
+                f"state_store {redacted_url(self.state_store)!r}: the scheme must be one of {', '.join(STORE_SCHEMES)}"
+            )
+        if not parts.hostname:
+            raise ValueError(f"state_store {redacted_url(self.state_store)!r} names no host")
+        if "ssl_cert_reqs=none" in parts.query.lower().replace("'", ""):
+            raise ValueError(
+                "state_store turns TLS certificate checks off (ssl_cert_reqs=none); give ssl_ca_certs=<file> instead"
+            )
+
+    @property
+    def durability_mode(self) -> str:
+        """off, async or sync: what the server does, defaults applied."""
+        if not self.state_store:
+            return "off"
+        return self.durability or "sync"
+
     def bearer_tokens(self) -> frozenset[str]:
         """Tokens from auth_tokens (comma-separated) and auth_tokens_file (one per line, # comments)."""
         found = {t.strip() for t in (self.auth_tokens or "").split(",") if t.strip()}
@@ -224,7 +295,9 @@ class Settings:
         lines = []
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name in SECRETS:
+            if f.name == "state_store":
+                lines.append(f"  {f.name} = {redacted_url(value)!r}")
+            elif f.name in SECRETS:
                 value = "<none>" if value is None else f"<{len([t for t in value.split(',') if t.strip()])} token(s)>"
                 lines.append(f"  {f.name} = {value}")
             else:

@@ -65,6 +65,7 @@ class _Segment:
 class _Row:
     """One session's tokens for this batch: the chunks of its run, back to back."""
 
+    session_id: str
     slot: int
     tokens: list[int] = field(default_factory=list)
     segments: list[_Segment] = field(default_factory=list)
@@ -91,12 +92,14 @@ class Engine:
         torch.set_grad_enabled(False)
 
     # -- the batch ------------------------------------------------------------------------------
+    def begin_batch(self) -> None:
+        """Call before `run` (and before loading the batch's sessions from a shared store)."""
+        self.ops.begin_batch(self.pool.clock())
+
     def run(self, batch: list[Run], out: list[Delivery]) -> None:
         """Advance every job of `batch`; append what to deliver to `out` as soon as it is final,
         so that if something fails half-way, whatever was already answered stays answered."""
         started = time.perf_counter()
-        ops = self.ops
-        ops.begin_batch(self.pool.clock())
         rows = [row for run in batch if (row := self._open(run, started, out)) is not None]
         singles = [r for r in rows if len(r.tokens) == 1 or r.sample is not None]
         by_length: dict[int, list[_Row]] = defaultdict(list)
@@ -142,7 +145,7 @@ class Engine:
                 self.ops.busy.discard(self.pool.slot(job.session_id))  # type: ignore[arg-type]
                 continue
             if row is None:
-                row = _Row(ops.slot_of_started(run.session_id))
+                row = _Row(run.session_id, ops.slot_of_started(run.session_id))
             begin = len(row.tokens)
             row.tokens += chunk.tokens
             end = len(row.tokens)
@@ -255,6 +258,8 @@ class Engine:
         for r, end_position in zip(rows, ends, strict=True):
             base = end_position - len(r.tokens)
             incarnation = pool.incarnation(r.slot)
+            if r.tokens:
+                ops.touched.add(r.session_id)
             for seg in r.segments:
                 chunk, job = seg.chunk, seg.job
                 fed = seg.end - seg.begin

@@ -75,6 +75,7 @@ class EngineLoop:
                 if batch:
                     self._send(scheduler.step(batch))
             now = time.monotonic()
+            side.between_batches(now)
             if now >= next_status:
                 self._status()
                 next_status = now + STATUS_PERIOD_S
@@ -97,7 +98,8 @@ class EngineLoop:
             if deadline is None or self.stop_requested:
                 return 0
             return max(0, int((deadline - time.perf_counter()) * 1000))
-        return max(0, int((min(next_tick, next_status) - now) * 1000))
+        wake = min(next_tick, next_status, self.side.next_commit())
+        return max(0, int((wake - now) * 1000))
 
     # -- messages in ------------------------------------------------------------------------------------
     def _receive(self) -> None:
@@ -168,7 +170,9 @@ class EngineLoop:
         self.sock.send_multipart([peer, data], zmq.NOBLOCK)
 
     def _status(self) -> None:
-        status = Status(time.monotonic() - self.heartbeat, self.scheduler.queued, self.stop_requested)
+        status = Status(
+            time.monotonic() - self.heartbeat, self.scheduler.queued, self.stop_requested, self.side.store_up
+        )
         data = ENCODER.encode(FromEngine(status=status))
         for peer in self.peers:
             self.sock.send_multipart([peer, data], zmq.NOBLOCK)

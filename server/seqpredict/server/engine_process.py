@@ -32,7 +32,7 @@ from seqpredict.server.snapshotter import StartupError
 
 log = logging.getLogger("seqpredict.server.engine")
 
-EXIT_SNAPSHOT_FAILED = 1  # stopped as asked, but the final snapshot was not written
+EXIT_SNAPSHOT_FAILED = 1  # stopped as asked, but the sessions were not saved (final snapshot, or store commit)
 EXIT_BROKEN = 70  # the loop itself failed (EX_SOFTWARE)
 
 
@@ -63,10 +63,6 @@ def main(settings: Settings, endpoint: str, conn: Connection) -> None:
         loop.fail_everything(exc)
         sys.exit(EXIT_BROKEN)
     metrics.ready.set(0)
-    if side.snapshotter is not None:
-        saved = side.snapshotter.final()
-    else:
-        side.release_all()
-        saved = True
+    saved = side.finish()
     metrics_http.shutdown()
     sys.exit(0 if saved else EXIT_SNAPSHOT_FAILED)

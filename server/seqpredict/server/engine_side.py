@@ -4,7 +4,8 @@ The single-process server drives it from an inference thread (`app`); the multi-
 server from the engine process's loop (`engine_loop`). Either way: the checkpoint is
 loaded, the pool allocated, the snapshot restored, the engine warmed up, and housekeeping
 (idle expiry, pool gauges, periodic snapshots) runs about once a second on the thread
-that owns the pool.
+that owns the pool. With a shared session store, the sessions go to and come from it
+(`durability`) instead of a local snapshot.
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ import torch
 
 from seqpredict.models import Checkpoint, load_checkpoint
 from seqpredict.server.config import Settings
+from seqpredict.server.durability import Durability
 from seqpredict.server.engine import Engine
 from seqpredict.server.metrics import Metrics
 from seqpredict.server.model_card import ModelCard, model_card
 from seqpredict.server.scheduler import BatchingConfig, Scheduler
 from seqpredict.server.sessions import SessionPool
 from seqpredict.server.snapshotter import Snapshotter
+from seqpredict.server.store import RedisStore
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +42,20 @@ class EngineSide:
     engine: Engine
     scheduler: Scheduler
     snapshotter: Snapshotter | None
+    durability: Durability | None = None
+
+    @property
+    def store_up(self) -> bool:
+        return self.durability is None or self.durability.up
+
+    def next_commit(self) -> float:
+        """time.monotonic() of the next periodic commit to the session store (async durability)."""
+        d = self.durability
+        return d.next_flush if d is not None and not d.sync else float("inf")
+
+    def between_batches(self, now: float) -> None:
+        if self.durability is not None and self.durability.due(now):
+            self.durability.flush()
 
     def housekeeping(self) -> None:
         """Runs about once a second on the thread that owns the pool."""
@@ -52,11 +69,25 @@ class EngineSide:
         if self.snapshotter is not None:
             self.snapshotter.maybe_periodic()
 
-    def release_all(self) -> None:
-        """At the end, without a snapshot: the sessions are dropped, and counted as such."""
+    def finish(self) -> bool:
+        """The end of a drain, once nothing runs: sessions to the store or the snapshot, or dropped.
+        False when some could not be saved (logged)."""
+        saved = True
+        if self.durability is not None:
+            held = len(self.pool)
+            left = self.durability.flush(final=True)
+            self.durability.close()
+            if left:
+                log.error("%d session(s) could not be committed to the session store: their last changes lost", left)
+            else:
+                log.info("%d session(s) handed over: committed to the session store", held)
+            saved = not left
+        elif self.snapshotter is not None:
+            return self.snapshotter.final()
         dropped = self.pool.release_all("shutdown")
-        if dropped:
-            log.info("%d session(s) dropped at shutdown (no --snapshot-path)", dropped)
+        if dropped and self.durability is None:
+            log.info("%d session(s) dropped at shutdown (no --snapshot-path, no --state-store)", dropped)
+        return saved
 
 
 def build_engine_side(settings: Settings, metrics: Metrics) -> EngineSide:
@@ -104,6 +135,15 @@ def build_engine_side(settings: Settings, metrics: Metrics) -> EngineSide:
         ),
         metrics,
     )
+    durability = None
+    if settings.state_store:
+        store = RedisStore(
+            settings.state_store, checkpoint.fingerprint, settings.idle_ttl_s, settings.state_store_timeout_ms / 1000
+        )
+        durability = Durability(
+            store, settings.durability_mode, settings.commit_interval_ms / 1000, engine.ops, metrics
+        )
+        scheduler.durability = durability
     side = EngineSide(
         settings,
         checkpoint,
@@ -113,6 +153,7 @@ def build_engine_side(settings: Settings, metrics: Metrics) -> EngineSide:
         engine,
         scheduler,
         snapshotter,
+        durability,
     )
     metrics.sessions_limit.set(settings.max_sessions)
     metrics.model.info(
@@ -127,4 +168,6 @@ def build_engine_side(settings: Settings, metrics: Metrics) -> EngineSide:
     )
     side.housekeeping()
     engine.warm_up()
+    if durability is not None:
+        durability.start()
     return side

@@ -22,7 +22,7 @@ from prometheus_client import disable_created_metrics
 from seqpredict.server.config import Settings
 from seqpredict.server.logs import configure_logging
 from seqpredict.server.metrics import Metrics
-from seqpredict.server.metrics_http import start_metrics_server
+from seqpredict.server.metrics_http import STORE_DOWN, start_metrics_server
 from seqpredict.server.model_card import ModelCard
 from seqpredict.server.remote import RemoteEngine
 from seqpredict.server.transport import start_transport
@@ -52,7 +52,12 @@ async def serve(
     await remote.start()
     transport = await start_transport(settings, card, remote, metrics, port=port, reuse_port=True)
     metrics_http = start_metrics_server(
-        "127.0.0.1", 0, metrics.registry, live=lambda: remote.alive, ready=lambda: transport.serving
+        "127.0.0.1",
+        0,
+        metrics.registry,
+        live=lambda: remote.alive,
+        ready=lambda: transport.serving,
+        degraded=lambda: "" if remote.store_up else STORE_DOWN,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -28,6 +28,11 @@ class EngineHandle(Protocol):
         """Why it stopped, once it has."""
         ...
 
+    @property
+    def store_up(self) -> bool:
+        """False while the shared session store cannot be reached (True when there is none)."""
+        ...
+
     def submit(self, job: Job) -> None:
         """Queue `job` behind its session's earlier work; RequestFailed when it cannot be queued."""
         ...

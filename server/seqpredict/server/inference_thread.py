@@ -26,9 +26,17 @@ log = logging.getLogger(__name__)
 class InferenceThread:
     """Drives a Scheduler on a thread of its own; the handle the service and the watchdog use."""
 
-    def __init__(self, scheduler: Scheduler, housekeeping: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        housekeeping: Callable[[], None] | None = None,
+        between_batches: Callable[[float], None] | None = None,
+        next_commit: Callable[[], float] | None = None,
+    ) -> None:
         self.scheduler = scheduler
         self._housekeeping = housekeeping or (lambda: None)
+        self._between_batches = between_batches or (lambda now: None)
+        self._next_commit = next_commit or (lambda: float("inf"))
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._inline: list[Callable[[], None]] = []
@@ -47,6 +55,11 @@ class InferenceThread:
     @property
     def failure(self) -> BaseException | None:
         return self.scheduler.failure
+
+    @property
+    def store_up(self) -> bool:
+        durability = self.scheduler.durability
+        return durability is None or durability.up
 
     @property
     def queued(self) -> int:
@@ -90,6 +103,7 @@ class InferenceThread:
             batch = scheduler.take_batch()
             if batch:
                 self._post(scheduler.step(batch))
+            self._guard(lambda: self._between_batches(time.monotonic()))
             if time.monotonic() >= next_tick:
                 self._guard(self._housekeeping)
                 next_tick = time.monotonic() + scheduler.config.tick
@@ -104,7 +118,7 @@ class InferenceThread:
                 while not scheduler.has_work() and not self._inline:
                     if scheduler.stopping:
                         return False
-                    timeout = next_tick - time.monotonic()
+                    timeout = min(next_tick, self._next_commit()) - time.monotonic()
                     if timeout <= 0:
                         return True
                     scheduler.changed.wait(timeout)

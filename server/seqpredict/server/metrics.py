@@ -20,8 +20,9 @@ RPC_LABELS = ("grpc_service", "grpc_method", "grpc_type")
 
 # Reasons a session ends; a closed set so dashboards and alerts can rely on it. "error": dropped
 # because a failed engine batch may have left its state half-updated. "replaced": overwritten by
-# ForkSession or ImportSession.
-END_REASONS = ("end", "ttl", "capacity", "shutdown", "error", "replaced")
+# ForkSession or ImportSession. "stale": dropped by a replica because the shared store holds a
+# newer state of it (another replica moved it on), or a commit of it could not be confirmed.
+END_REASONS = ("end", "ttl", "capacity", "shutdown", "error", "replaced", "stale")
 
 
 class Metrics:
@@ -96,7 +97,7 @@ class Metrics:
         self.sessions_created = Counter("seqpredict_sessions_created", "Sessions created.", registry=r)
         self.sessions_ended = Counter(
             "seqpredict_sessions_ended",
-            "Sessions released, by reason (end, ttl, capacity, shutdown, error).",
+            "Sessions released here, by reason (end, ttl, capacity, shutdown, error, replaced, stale).",
             ("reason",),
             registry=r,
         )
@@ -132,6 +133,32 @@ class Metrics:
             "seqpredict_snapshot_sessions", "Sessions in the last snapshot written.", registry=r
         )
         self.snapshot_failures = Counter("seqpredict_snapshot_failures", "Snapshots that failed to write.", registry=r)
+
+        # The shared session store (--state-store).
+        self.state_store_up = Gauge(
+            "seqpredict_state_store_up",
+            "1 while the session store answers (or none is configured), 0 during an outage.",
+            registry=r,
+        )
+        self.state_store_up.set(1)
+        self.store_seconds = Histogram(
+            "seqpredict_state_store_seconds",
+            "One round trip to the session store: loading a batch's sessions, or committing them.",
+            ("op",),
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.store_sessions = Counter(
+            "seqpredict_state_store_sessions",
+            "Sessions loaded from the store (taken over) and committed to it.",
+            ("event",),
+            registry=r,
+        )
+        self.store_conflicts = Counter(
+            "seqpredict_state_store_conflicts",
+            "Commits and checks refused because another replica had moved the session on.",
+            registry=r,
+        )
 
         self.model = Info("seqpredict_model", "The loaded model.", registry=r)
         self.ready = Gauge(

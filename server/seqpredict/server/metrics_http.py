@@ -44,6 +44,9 @@ class _Server(ThreadingHTTPServer):
             self._slots.release()
 
 
+STORE_DOWN = "the session store is unreachable"
+
+
 def start_metrics_server(
     host: str,
     port: int,
@@ -51,8 +54,10 @@ def start_metrics_server(
     live: Callable[[], bool],
     ready: Callable[[], bool],
     max_connections: int = MAX_CONNECTIONS,
+    degraded: Callable[[], str] = lambda: "",
 ) -> ThreadingHTTPServer:
-    """Serve on a daemon thread; `live`: the process can serve at all, `ready`: health is SERVING."""
+    """Serve on a daemon thread; `live`: the process can serve at all, `ready`: health is SERVING,
+    `degraded`: why it serves with something missing ('' when nothing is)."""
 
     class Handler(MetricsHandler):
         timeout = TIMEOUT_S  # applied to the connection's socket: a silent client is dropped
@@ -61,7 +66,8 @@ def start_metrics_server(
             path = self.path.split("?", 1)[0]
             if path in ("/healthz", "/readyz"):
                 ok = live() if path == "/healthz" else ready()
-                body = b"ok\n" if ok else b"unavailable\n"
+                why = degraded() if ok else ""
+                body = (f"ok (degraded: {why})\n" if why else "ok\n" if ok else "unavailable\n").encode()
                 self.send_response(200 if ok else 503)
                 self.send_header("Content-Type", "text/plain; charset=utf-8")
                 self.send_header("Content-Length", str(len(body)))

@@ -8,6 +8,8 @@ never touches it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -30,10 +32,18 @@ class SessionOps:
         # Slots used by the batch being run: not evicted to make room for another of its sessions.
         self.pinned: set[int] = set()
         self.now = 0.0
+        # What the batch changed, for the shared store: sessions whose state or version changed, and
+        # sessions ended, with the stored version they had.
+        self.touched: set[str] = set()
+        self.ended: dict[str, tuple[int, int]] = {}
+        # With a shared store: the sessions it holds that this replica does not (see `durability`).
+        self.directory: Callable[[str, str, int], list[SessionRecord]] | None = None
 
     def begin_batch(self, now: float) -> None:
         self.pinned = set(self.busy)
         self.now = now
+        self.touched = set()
+        self.ended = {}
 
     def open(
         self,
@@ -65,8 +75,10 @@ class SessionOps:
         self.pinned.add(slot)
         if created:
             self.metrics.sessions_created.inc()
+            self.touched.add(session_id)
         elif reset:
             pool.reset(slot)
+            self.touched.add(session_id)
         return slot, created
 
     def slot_of_started(self, session_id: str) -> int:
@@ -89,9 +101,28 @@ class SessionOps:
         """Release the session; its last bookkeeping, or NOT_FOUND."""
         record = self.record(session_id)
         slot = self.pool.slot(session_id)
-        self.busy.discard(slot)  # type: ignore[arg-type]
+        assert slot is not None
+        self.busy.discard(slot)
+        base = self.pool.base(slot)
+        if base != (0, 0):
+            self.ended[session_id] = base
+        self.touched.discard(session_id)
         self.pool.release(session_id, reason)
         return record
+
+    def install(
+        self, session_id: str, state: SessionState, base: tuple[int, int], incarnation: int, created_at: float
+    ) -> None:
+        """Hold a session taken over from the shared store: its state, as version `base` of the store,
+        as `incarnation` (the stored one, or a new one when the store may be behind what clients saw)."""
+        tensors = self._tensors(state)
+        slot, _ = self.pool.acquire(session_id, self.pinned, self.now)
+        self.pinned.add(slot)
+        self.pool.write_state(slot, tensors, state.position, incarnation)
+        self.pool.set_base(slot, *base)
+        self.pool.set_created(slot, created_at)
+        if incarnation != base[0]:
+            self.touched.add(session_id)  # the new incarnation must reach the store too
 
     def guarded(self, session_id: str, expected_position: int | None, expected_incarnation: int | None) -> int:
         """The slot of an existing session that passes the guard (NOT_FOUND / FAILED_PRECONDITION otherwise)."""
@@ -121,7 +152,10 @@ class SessionOps:
 
     def export(self, session_id: str, expected_position: int | None, expected_incarnation: int | None) -> SessionState:
         """A copy of the session's state, as bytes; the session is untouched (not even its last use)."""
-        slot = self.guarded(session_id, expected_position, expected_incarnation)
+        return self.state_of(self.guarded(session_id, expected_position, expected_incarnation))
+
+    def state_of(self, slot: int) -> SessionState:
+        """The slot's state as bytes, with its position and incarnation."""
         tensors = self.pool.read_state(slot)
         # C order, little-endian: the bytes of each tensor as it is stored (every platform we run on is little-endian).
         data = b"".join(t.contiguous().view(torch.uint8).numpy().tobytes() for t in tensors)
@@ -176,13 +210,16 @@ class SessionOps:
         self.pinned.add(slot)
         self.metrics.sessions_created.inc()
         self.pool.write_state(slot, tensors, position, incarnation)
+        self.touched.add(session_id)
         return self.record(session_id)
 
     def list(self, prefix: str, after: str, limit: int) -> tuple[list[SessionRecord], bool]:
         """A page of sessions in name order → (records, whether more follow)."""
-        ids = self.pool.ids_after(after, prefix, limit + 1)
-        records = [r for sid in ids[:limit] if (r := self.pool.record(sid)) is not None]
-        return records, len(ids) > limit
+        held = [r for sid in self.pool.ids_after(after, prefix, limit + 1) if (r := self.pool.record(sid)) is not None]
+        if self.directory is not None:  # and those held by other replicas, from the store
+            stored = [r for r in self.directory(prefix, after, limit + 1) if r.session_id not in self.pool]
+            held = sorted(held + stored, key=lambda r: r.session_id)[: limit + 1]
+        return held[:limit], len(held) > limit
 
 
 def not_found(session_id: str) -> RequestFailed:

@@ -39,6 +39,7 @@ class RemoteEngine:
         self.engine_pid = engine_pid
         self.heartbeat = time.monotonic()
         self.queued = 0
+        self.store_up = True
         self._failure: str | None = None
         self._pending: dict[int, Job] = {}
         self._next_id = 0
@@ -135,6 +136,7 @@ class RemoteEngine:
         if message.status is not None:
             self.heartbeat = time.monotonic() - message.status.beat_age
             self.queued = message.status.queued
+            self.store_up = message.status.store_up
         for reply in message.replies:
             job = self._pending.pop(reply.id, None) if reply.final else self._pending.get(reply.id)
             if job is None:

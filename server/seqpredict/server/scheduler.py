@@ -5,7 +5,8 @@ run in the order the server received them. A driver — the inference thread of 
 single-process server (`inference_thread`), or the engine process's loop (`engine_loop`) —
 repeatedly takes a batch: round robin over the sessions that have work, one run per
 session, at most `max_batch_size` sessions and `max_batch_tokens` tokens; runs it on the
-engine; and hands the deliveries back to whoever waits for them.
+engine (with a shared session store, loading the batch's sessions before and committing them
+after: `durability`); and hands the deliveries back to whoever waits for them.
 
 A run is the session's head job, followed by the consecutive queued requests that may
 share its chunk (pipelined Predicts), up to `prefill_chunk` tokens: a client that pipelines
@@ -25,6 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import islice
 
+from seqpredict.server.durability import Durability
 from seqpredict.server.engine import Delivery, Engine, Run
 from seqpredict.server.errors import Code, RequestFailed
 from seqpredict.server.jobs import Job
@@ -62,6 +64,8 @@ class Scheduler:
         self._queued = 0
         self.stopping = False
         self.failure: BaseException | None = None  # why the engine stopped for good, once it has
+        # With a shared session store: loads a batch's sessions before it and commits them after.
+        self.durability: Durability | None = None
 
     # -- any thread --------------------------------------------------------------------------------
     def submit(self, job: Job) -> None:
@@ -151,8 +155,14 @@ class Scheduler:
     def step(self, batch: list[Run]) -> list[Delivery]:
         """Run one batch on the engine and put its sessions back in line; what to deliver."""
         out: list[Delivery] = []
+        durability = self.durability
         try:
+            self.engine.begin_batch()
+            if durability is not None:
+                durability.prepare(batch, out)
             self.engine.run(batch, out)
+            if durability is not None:
+                durability.settle(batch, out)
         except Exception:  # a bug must not take the whole server down: fail what it left unanswered
             log.exception("engine batch of %d session(s) failed", len(batch))
             self._fail_unanswered(batch, out)

@@ -42,6 +42,7 @@ from seqpredict.server.jobs import (
 from seqpredict.server.metrics import Metrics
 from seqpredict.server.model_card import ModelCard
 from seqpredict.server.paging import after_id, page_token
+from seqpredict.server.routing import check_route, routing_key
 from seqpredict.server.session_blob import BlobCodec
 from seqpredict.server.sessions import SessionRecord
 from seqpredict.server.streams import DRAINED, END_OF_STREAM, OrderedAnswers, Unit, Window
@@ -105,10 +106,17 @@ class SequencePredictorService(pb_grpc.SequencePredictorServicer):
 
     # -- Predict -------------------------------------------------------------------------------------
     async def Predict(self, request_iterator: AsyncIterator[pb.PredictRequest], context: aio.ServicerContext):
-        limit = receive_limit(context.invocation_metadata(), self.max_answer_bytes)
+        metadata = context.invocation_metadata()
+        limit = receive_limit(metadata, self.max_answer_bytes)
+        route = routing_key(metadata)  # a stream routed by one session carries only that session
 
         def submit(req: pb.PredictRequest) -> Submitted:
             prepared, bound = self._prepare(req)
+            if route is not None and route != req.session_id and not isinstance(prepared, RequestFailed):
+                try:
+                    check_route(route, req.session_id)
+                except RequestFailed as exc:
+                    prepared = exc
             if bound > limit:
                 prepared = self._too_large(bound, limit)
             return [(req, self._submit(prepared))], bound
@@ -267,6 +275,7 @@ class SequencePredictorService(pb_grpc.SequencePredictorServicer):
     async def Generate(self, request: pb.GenerateRequest, context: aio.ServicerContext):
         v = self.validator
         try:
+            check_route(routing_key(context.invocation_metadata()), request.session_id)
             job = GenerateJob(
                 v.session_id(request.session_id),
                 time.perf_counter(),
@@ -385,6 +394,7 @@ class SequencePredictorService(pb_grpc.SequencePredictorServicer):
             own = fields()
             if kind.per_session:
                 self.validator.session_id(session_id)
+                check_route(routing_key(context.invocation_metadata()), session_id)
             job = kind(session_id, time.perf_counter(), future=asyncio.get_running_loop().create_future(), **own)
             self.engine.submit(job)
             result = await job.future  # type: ignore[misc]

@@ -72,12 +72,18 @@ class SessionPool:
         self.dtype = dtype
         self.clock = clock
         self._on_end = on_end or (lambda reason, n: None)
+        # Told before a session is evicted to make room (the shared store commits what it has not yet).
+        self.on_evict: Callable[[str, int, str], None] | None = None
         self._shape = (num_layers, hidden_size)
         self._num_states = num_states
         self._capacity = 0
         self._states: list[Tensor] = []
         self._position = np.zeros(0, dtype=np.int64)
         self._incarnation = np.zeros(0, dtype=np.uint64)
+        # The version (incarnation, position) of the session in the shared store this copy was derived
+        # from; (0, 0): none. Compare-and-set commits name it (see `store`).
+        self._base_incarnation = np.zeros(0, dtype=np.uint64)
+        self._base_position = np.zeros(0, dtype=np.int64)
         self._created = np.zeros(0, dtype=np.float64)
         self._last_used = np.zeros(0, dtype=np.float64)
         self._free: list[int] = []
@@ -128,7 +134,7 @@ class SessionPool:
         for new, old in zip(new_states, self._states, strict=False):
             new[:, :used] = old[:, :used]
         self._states = new_states
-        for name in ("_position", "_incarnation", "_created", "_last_used"):
+        for name in ("_position", "_incarnation", "_base_incarnation", "_base_position", "_created", "_last_used"):
             old = getattr(self, name)
             arr = np.zeros(capacity, dtype=old.dtype)
             arr[:used] = old[:used]
@@ -172,6 +178,8 @@ class SessionPool:
                 raise RequestFailed(
                     Code.RESOURCE_EXHAUSTED, f"session limit of {self.max_sessions} reached", limit="sessions"
                 )
+            if self.on_evict is not None:
+                self.on_evict(victim, self._lru[victim], "capacity")
             self.release(victim, "capacity")
         slot = self._take_slot()
         for t in self._states:
@@ -179,6 +187,8 @@ class SessionPool:
         now = self.clock() if now is None else now
         self._position[slot] = 0
         self._incarnation[slot] = self.new_incarnation()
+        self._base_incarnation[slot] = 0
+        self._base_position[slot] = 0
         self._created[slot] = now
         self._last_used[slot] = now
         self._lru[session_id] = slot
@@ -209,6 +219,21 @@ class SessionPool:
             t[:, slot].zero_()
         self._position[slot] = 0
         self._incarnation[slot] = self.new_incarnation()
+
+    def base(self, slot: int) -> tuple[int, int]:
+        """The stored version this copy derives from: (incarnation, position); (0, 0) for none."""
+        return int(self._base_incarnation[slot]), int(self._base_position[slot])
+
+    def set_created(self, slot: int, created_at: float) -> None:
+        self._created[slot] = created_at
+
+    def set_base(self, slot: int, incarnation: int, position: int) -> None:
+        self._base_incarnation[slot] = incarnation
+        self._base_position[slot] = position
+
+    def version(self, slot: int) -> tuple[int, int]:
+        """The copy's own (incarnation, position)."""
+        return int(self._incarnation[slot]), int(self._position[slot])
 
     def touch(self, session_id: str, slot: int, now: float) -> None:
         self._last_used[slot] = now
@@ -322,6 +347,8 @@ class SessionPool:
             t[:, :n] = s.to(self.dtype)
         self._position[:n] = positions
         self._incarnation[:n] = incarnations
+        self._base_incarnation[:n] = 0
+        self._base_position[:n] = 0
         self._created[:n] = created_at
         self._last_used[:n] = last_used_at
         self._high_water = n

@@ -80,7 +80,13 @@ class Transport:
         self.metrics.ready.set(1 if self.serving else 0)
 
     def start_watchdog(self) -> None:
-        dog = Watchdog(self.engine, self.settings.engine_stall_s, self.set_healthy, self.fatal.set)
+        dog = Watchdog(
+            self.engine,
+            self.settings.engine_stall_s,
+            self.set_healthy,
+            self.fatal.set,
+            require_store=self.settings.durability_mode == "sync",
+        )
         self._watchdog = asyncio.get_running_loop().create_task(dog.run())
 
     async def drain(self, grace: float) -> None:

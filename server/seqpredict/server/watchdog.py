@@ -5,7 +5,8 @@ already failed every queued request with INTERNAL; here health turns NOT_SERVING
 server is told to shut down (it exits non-zero, so an orchestrator restarts it from the last
 snapshot). If it is alive but silent for longer than `stall_s`, health is NOT_SERVING until
 it beats again, so load balancers send traffic elsewhere instead of into a queue that does
-not move.
+not move. With sync durability, the session store is part of the service too: NOT_SERVING
+while it cannot be reached, since every request would fail.
 """
 
 from __future__ import annotations
@@ -29,8 +30,11 @@ class Watchdog:
         stall_s: float,
         set_healthy: Callable[[str, bool], Awaitable[None]],
         on_death: Callable[[], None],
+        require_store: bool = False,
     ) -> None:
         self.engine = engine
+        self.require_store = require_store  # sync durability: no session store, no service
+        self.store_up = True
         self.stall_s = stall_s
         self._set_healthy = set_healthy
         self._on_death = on_death
@@ -55,3 +59,6 @@ class Watchdog:
                 else:
                     log.warning("the inference thread is making progress again: SERVING")
                 await self._set_healthy("engine", not stalled)
+            if self.require_store and self.engine.store_up != self.store_up:
+                self.store_up = self.engine.store_up
+                await self._set_healthy("store", self.store_up)

@@ -59,6 +59,7 @@ class Status(msgspec.Struct, array_like=True, frozen=True):
     beat_age: float  # seconds since the engine's loop last showed progress
     queued: int
     stopping: bool
+    store_up: bool = True  # the shared session store answers (or there is none)
 
 
 class FromEngine(msgspec.Struct, array_like=True, frozen=True):

@@ -7,6 +7,7 @@ what it does with the result, so the scheduler and the engine never ask which ki
 
     tokens_wanted()     tokens the next batch would feed (0: bookkeeping, or predict from the state)
     can_follow/lead()   may share one chunk with the session's job before / after it (pipelining)
+    rewind()            back to not started, to run again (the session's copy was stale)
     start(ops, pending) first batch: checks and bookkeeping on the session; a payload ends the job
     chunk(allotted)     what to feed in this batch and what to compute after it (None: finished)
     absorb(out, ops)    what the computed values mean for it: a payload to deliver, or None for now
@@ -94,6 +95,7 @@ class Job:
     # Told when the caller goes away (a frontend forwards it to the engine process).
     on_cancel: Callable[[Job], None] | None = None
     wire_id: int = 0  # a frontend's id for the job in the engine process
+    released: int = 0  # answers of it that left the engine (counted where a shared store may withhold them)
 
     kind: ClassVar[str] = "session"  # the `kind` label of the request metrics
     per_session: ClassVar[bool] = True  # False: queued under a key of its own (ListSessions)
@@ -117,6 +119,14 @@ class Job:
     @classmethod
     def from_wire(cls, session_id: str, received: float, values: list[Any]) -> Job:
         return cls(session_id, received, **dict(zip(cls.WIRE_FIELDS, values, strict=True)))
+
+    def rewind(self) -> bool:
+        """Back to not started, to run again on the session's stored state (the copy it ran on was
+        stale); False when it cannot be, because part of it was already answered."""
+        if self.released:
+            return False
+        self.started = self.done = self.created = False
+        return True
 
     def tokens_wanted(self) -> int:
         return 0

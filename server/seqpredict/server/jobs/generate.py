@@ -72,6 +72,12 @@ class GenerateJob(Job):
     def tokens_wanted(self) -> int:
         return len(self.prompt) - self.offset if self.offset < len(self.prompt) else 1
 
+    def rewind(self) -> bool:
+        if not Job.rewind(self):
+            return False
+        self.offset, self.generated, self.tail, self.logits, self.rng = 0, 0, "", None, None
+        return True
+
     def start(self, ops: SessionOps, pending: int) -> None:
         _slot, self.created = ops.open(
             self.session_id, self.expected_position, self.expected_incarnation, self.reset, pending

@@ -71,6 +71,12 @@ class PredictJob(Job):
     def can_lead(self) -> bool:
         return not self.end
 
+    def rewind(self) -> bool:
+        if not Job.rewind(self):
+            return False
+        self.offset, self.steps, self.scores = 0, None, []
+        return True
+
     def start(self, ops: SessionOps, pending: int) -> None:
         _slot, self.created = ops.open(
             self.session_id, self.expected_position, self.expected_incarnation, self.reset, pending
