@@ -82,9 +82,7 @@ def probe(url: str) -> str | None:
         return None
 
 
-def handler(
-    metrics_urls: Callable[[], list[str]], live: Callable[[], bool], ready: Callable[[], str | None]
-) -> type:
+def handler(metrics_urls: Callable[[], list[str]], live: Callable[[], bool], ready: Callable[[], str | None]) -> type:
     """The supervisor's HTTP handler: merged /metrics, and /healthz, /readyz over every process
     (`ready`: the body to answer 200 with, or None for 503)."""
 
