@@ -151,37 +151,41 @@ class RedisStore:
         with the version actually stored."""
         if not commits and not checks and not deletes:
             return {}
-        order: list[str] = []
 
         def run() -> list:
             pipe = self.client.pipeline(transaction=False)
+            # deletes first: a session ended and created again within one batch is deleted, then created
+            for sid, version in deletes.items():
+                self._delete(keys=[self.key(sid)], args=list(version), client=pipe)
+            if deletes:
+                pipe.zrem(self.index, *deletes)
             for c in commits:
                 args = [*c.base, c.incarnation, c.position, c.state, self.fingerprint, c.dtype, int(c.clean)]
                 args += [repr(c.created_at), repr(c.last_used_at), self.ttl_ms]
                 self._commit(keys=[self.key(c.session_id)], args=args, client=pipe)
-                order.append(c.session_id)
-            for sid in checks:
-                pipe.hmget(self.key(sid), "i", "p")
-                order.append(sid)
-            for sid, version in deletes.items():
-                self._delete(keys=[self.key(sid)], args=list(version), client=pipe)
-                order.append(sid)
             new = [c.session_id for c in commits if c.base == (0, 0)]
             if new:
                 pipe.zadd(self.index, dict.fromkeys(new, 0))
-            if deletes:
-                pipe.zrem(self.index, *deletes)
+            for sid in checks:
+                pipe.hmget(self.key(sid), "i", "p")
             return pipe.execute()
 
-        answers = self._call(run)
+        answers = iter(self._call(run))
         refused: dict[str, Version] = {}
-        for n, (sid, answer) in enumerate(zip(order, answers, strict=False)):
-            if len(commits) <= n < len(commits) + len(checks):
-                stored = (int(answer[0] or 0), int(answer[1] or 0))
-                if stored != checks[sid]:
-                    refused[sid] = stored
-            elif int(answer[0]) != 1:
+        cas = [(sid, next(answers)) for sid in deletes]
+        if deletes:
+            next(answers)  # zrem
+        cas += [(c.session_id, next(answers)) for c in commits]
+        if any(c.base == (0, 0) for c in commits):
+            next(answers)  # zadd
+        for sid, answer in cas:
+            if int(answer[0]) != 1:
                 refused[sid] = (int(answer[1]), int(answer[2]))
+        for sid, expected in checks.items():
+            answer = next(answers)
+            stored = (int(answer[0] or 0), int(answer[1] or 0))
+            if stored != expected:
+                refused[sid] = stored
         return refused
 
     def records(self, session_ids: list[str]) -> dict[str, Stored]:
