@@ -141,6 +141,8 @@ class Durability:
             for sid, version in ops.ended.items():
                 self.deletes[sid] = version
                 self.dirty.discard(sid)
+            if self.evicted:  # their only copy is the one kept for the commit: commit now
+                self.flush()
             return
         commits, checks = self._changes(batch, out)
         if not commits and not checks and not ops.ended:
