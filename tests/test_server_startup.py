@@ -65,3 +65,38 @@ def test_unknown_variables_leave_settings_and_the_clis_own_alone() -> None:
     assert unknown_variables(environ, settings) == [
         "SEQPREDICT_GRACE is not a setting and is ignored; did you mean SEQPREDICT_GRACE_S?"
     ]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--durability", "sync"], "durability sync needs state_store"),
+        (["--state-store", "redis://127.0.0.1:6379/0", "--durability", "off"], "sessions would never reach the store"),
+        (["--state-store", "redis://127.0.0.1:6379/0", "--snapshot-path", "/tmp/x.snap"], "unset one"),
+        (["--state-store", "http://127.0.0.1:6379/0"], "the scheme must be one of"),
+        (["--state-store", "rediss://h:6380/0?ssl_cert_reqs=none"], "certificate checks off"),
+        (["--state-store", "redis://127.0.0.1:6379/0", "--durability", "eventually"], "sync, async or off"),
+    ],
+)
+def test_a_state_store_setting_that_would_lose_or_expose_sessions_is_a_start_up_error(
+    args: list[str], message: str
+) -> None:
+    done = start("--port", "0", "--metrics-port", "0", *args)
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr
+
+
+def test_the_state_store_password_is_never_logged(tmp_path: Path) -> None:
+    """Started against a store that does not answer: it serves (async, degraded) and says so,
+    naming the store without its password."""
+    server = ServerProcess(
+        tmp_path / "server.log",
+        "--durability",
+        "async",
+        env={"SEQPREDICT_STATE_STORE": "redis://:s3cret-pw@127.0.0.1:9/0"},
+    )
+    try:
+        assert "session store unreachable" in server.log()
+        assert "***" in server.log() and "s3cret-pw" not in server.log()
+    finally:
+        server.kill()
