@@ -15,13 +15,14 @@ never see each other's sessions.
 from __future__ import annotations
 
 import queue
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, rule, run_state_machine_as_test
+from hypothesis.stateful import RuleBasedStateMachine, precondition, rule, run_state_machine_as_test
 
 from seqpredict.models import CharRNN, Checkpoint, Vocabulary
 from seqpredict.server.validation import SESSION_ID
@@ -45,8 +46,10 @@ BAD_IDS = st.one_of(
 BAD_KINDS = ("session id", "token", "character", "top_k")
 
 
-def machine(server: RunningServer, model: CharRNN, vocab: Vocabulary) -> type[RuleBasedStateMachine]:
-    """The state machine class, closed over one shared server and the reference model."""
+def machine(servers: Sequence[Any], model: CharRNN, vocab: Vocabulary) -> type[RuleBasedStateMachine]:
+    """The state machine class, closed over shared servers and the reference model. With several
+    servers (replicas sharing a session store), a rule switches which one the next requests go to:
+    the model — one session space — must hold whichever replica answers."""
     V = len(vocab)
     session = st.integers(0, SESSIONS - 1)
     tokens = st.lists(st.integers(0, V - 1), max_size=12)
@@ -61,18 +64,32 @@ def machine(server: RunningServer, model: CharRNN, vocab: Vocabulary) -> type[Ru
             self.ids = [f"{prefix}-{i}" for i in range(SESSIONS)]
             self.history: dict[str, list[int]] = {}  # the reference model: id → tokens consumed
             self.incarnation: dict[str, int] = {}  # id → its incarnation, as the server named it
-            self.stub = server.stub()
-            self.outbox: queue.Queue[Any] = queue.Queue()
-            self.stream = self.stub.Predict(iter(self.outbox.get, _CLOSE), timeout=600)
+            self.stubs = [server.stub() for server in servers]
+            self.outboxes: list[queue.Queue[Any]] = [queue.Queue() for _ in servers]
+            self.streams = [
+                stub.Predict(iter(outbox.get, _CLOSE), timeout=600)
+                for stub, outbox in zip(self.stubs, self.outboxes, strict=True)
+            ]
+            self.via = 0  # the server the next requests go to
+
+        @property
+        def stub(self) -> Any:
+            return self.stubs[self.via]
 
         def teardown(self) -> None:
-            self.outbox.put(_CLOSE)
-            assert not list(self.stream) and self.stream.code() == grpc.StatusCode.OK
+            for outbox, stream in zip(self.outboxes, self.streams, strict=True):
+                outbox.put(_CLOSE)
+                assert not list(stream) and stream.code() == grpc.StatusCode.OK
+
+        @precondition(lambda self: len(servers) > 1)
+        @rule(data=st.data())
+        def switch_replica(self, data: st.DataObject) -> None:
+            self.via = data.draw(st.integers(0, len(servers) - 1), label="replica")
 
         # -- helpers -------------------------------------------------------------------------------
         def predict(self, **fields: Any) -> pb.PredictResponse:
-            self.outbox.put(pb.PredictRequest(**fields))
-            return next(self.stream)
+            self.outboxes[self.via].put(pb.PredictRequest(**fields))
+            return next(self.streams[self.via])
 
         def position(self, sid: str) -> int:
             return len(self.history.get(sid, []))
@@ -291,7 +308,7 @@ def machine(server: RunningServer, model: CharRNN, vocab: Vocabulary) -> type[Ru
 
 def test_session_bookkeeping_matches_a_reference_model(server: RunningServer, checkpoint: Checkpoint) -> None:
     run_state_machine_as_test(
-        machine(server, checkpoint.build_model(), checkpoint.vocab),
+        machine([server], checkpoint.build_model(), checkpoint.vocab),
         settings=settings(
             max_examples=25,
             stateful_step_count=30,

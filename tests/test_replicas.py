@@ -20,6 +20,8 @@ from pathlib import Path
 import grpc
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
+from hypothesis.stateful import run_state_machine_as_test
 
 from seqpredict.models import CharRNN, Checkpoint
 from seqpredict.v1 import seqpredict_pb2 as pb
@@ -27,6 +29,7 @@ from tests.bystanders import unique_id
 from tests.cluster import RedisServer, Replicas
 from tests.reference import assert_top_matches, reference_probabilities
 from tests.serverproc import ServerProcess
+from tests.test_properties import machine
 
 pytestmark = pytest.mark.slow
 
@@ -130,6 +133,19 @@ def test_two_replicas_writing_one_session_at_once_lose_nothing(pair: Replicas, c
         assert_top_matches(answer.next, reference[position], f"position {position}")
 
 
+def test_session_bookkeeping_holds_across_two_replicas(pair: Replicas, checkpoint: Checkpoint) -> None:
+    """The property test's state machine, with a rule that moves its requests to the other replica."""
+    run_state_machine_as_test(
+        machine(list(pair), checkpoint.build_model(), checkpoint.vocab),
+        settings=settings(
+            max_examples=10,
+            stateful_step_count=30,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+        ),
+    )
+
+
 def test_a_session_is_listed_by_every_replica(pair: Replicas) -> None:
     sid = unique_id("listed")
     predict(pair[0], sid, [1, 2])
@@ -216,8 +232,10 @@ def test_async_keeps_serving_held_sessions_while_redis_is_down_and_commits_them_
         unknown = predict(replica, unique_id("not-held"), [1])
         assert unknown.error.code == UNAVAILABLE, unknown
         assert replica.health() == 1, "async serves on: SERVING"
+        # the engine's store status reaches the frontend with its next status report
+        _wait(lambda: "degraded" in _readyz(replica)[1], "readiness says degraded")
         status, body = _readyz(replica)
-        assert status == 200 and "degraded" in body and "session store" in body
+        assert status == 200 and "session store" in body, (status, body)
         _wait(lambda: _metric(replica, "seqpredict_state_store_up") == 0, "the store-down metric")
         redis.start()
         _wait(lambda: _metric(replica, "seqpredict_state_store_up") == 1, "the store back")
@@ -262,6 +280,21 @@ def test_async_crash_losses_are_told_to_a_guarded_client(tmp_path: Path, redis_s
         told = predict(second, sid, [5], expected_position=4, expected_incarnation=answer.incarnation)
         assert told.error.code == FAILED_PRECONDITION, told
         assert told.position == 2 and told.incarnation != answer.incarnation
+    finally:
+        replicas.stop_all()
+
+
+def test_async_eviction_commits_a_session_before_dropping_it(tmp_path: Path, redis_server: RedisServer) -> None:
+    replicas = Replicas(tmp_path, redis_server.url, "async", "--commit-interval-ms", "60000")
+    try:
+        (small,) = replicas.add(1, "--max-sessions", "2")
+        (other,) = replicas.add(1)
+        first, *rest = [unique_id(f"evicted-{i}") for i in range(3)]
+        predict(small, first, [1, 2, 3])
+        for sid in rest:  # the third session evicts the first, before any periodic commit
+            predict(small, sid, [4])
+        continued = predict(other, first, [5], expected_position=3)
+        assert not continued.HasField("error") and continued.position == 4, continued.error
     finally:
         replicas.stop_all()
 
