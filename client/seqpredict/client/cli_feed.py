@@ -10,24 +10,10 @@ import sys
 from typing import Any
 
 from seqpredict.client import render
-from seqpredict.client.arguments import ESCAPES_HELP, escapes, integer, token_ids
+from seqpredict.client.arguments import ESCAPES_HELP, SESSION_HELP, add_guard_options, escapes, integer, token_ids
 from seqpredict.client.cli_exits import EXIT_INTERRUPTED, EXIT_OK
 from seqpredict.client.ranges import UINT32, UINT64
 from seqpredict.client.sync import Client
-
-SESSION_HELP = "session id: 1-128 characters of [A-Za-z0-9._:-]"
-
-
-def add_guard_options(parser: argparse.ArgumentParser, what: str = "the session") -> None:
-    """--expected-position and --expected-incarnation: run only on the state the caller expects."""
-    parser.add_argument(
-        "--expected-position", type=integer(*UINT64), help=f"fail (exit 4) unless {what} is at this position"
-    )
-    parser.add_argument(
-        "--expected-incarnation",
-        type=integer(*UINT64),
-        help=f"fail (exit 4) unless {what} is this history of it (its incarnation; 0: it must not exist)",
-    )
 
 
 def add_parsers(commands: Any) -> list[argparse.ArgumentParser]:

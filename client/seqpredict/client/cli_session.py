@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from seqpredict.client import render
-from seqpredict.client.arguments import integer
+from seqpredict.client.arguments import SESSION_HELP, add_guard_options, integer
 from seqpredict.client.cli_exits import EXIT_OK, CliError
-from seqpredict.client.cli_feed import SESSION_HELP, add_guard_options
 from seqpredict.client.errors import AlreadyExists, PositionMismatch
 from seqpredict.client.ranges import UINT64
 from seqpredict.client.sync import Client
