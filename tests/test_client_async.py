@@ -12,6 +12,7 @@ import grpc
 import pytest
 
 from seqpredict.client import (
+    AlreadyExists,
     AsyncClient,
     FeedRequest,
     InvalidArgument,
@@ -152,6 +153,43 @@ def test_info_end_and_errors(server) -> None:
         many = await client.predict_many([(s.session_id, "abc"), ("bad id!", "x")])
         assert isinstance(many[0], Prediction) and many[0].created and isinstance(many[1], InvalidArgument)
         assert await s.end() == 3
+
+    run(server, test)
+
+
+def test_fork_export_import_list_and_score(server) -> None:
+    """The session-state operations through the asyncio half, as `Session` has them."""
+
+    async def test(client: AsyncClient) -> None:
+        s = client.session(sid(), strict=True)
+        await s.feed(PROMPT)
+        child = await s.fork(s.session_id + "-child")
+        assert (child.position, child.strict) == (len(PROMPT), True) and child.incarnation not in (None, s.incarnation)
+        with pytest.raises(AlreadyExists):
+            await s.fork(child.session_id)
+        exported = await s.export()
+        assert (exported.info.position, exported.info.incarnation) == (s.position, s.incarnation)
+        assert await s.end() == len(PROMPT)
+        info = await client.import_session(exported.blob)
+        assert (info.session_id, info.position, info.incarnation) == (
+            s.session_id,
+            len(PROMPT),
+            exported.info.incarnation,
+        )
+        await s.refresh()
+        here, there = await s.feed(" doth", score=True), await child.feed(" doth", score=True)
+        assert here.token_log_probs is not None and len(here.token_log_probs) == 5
+        assert here.token_log_probs == pytest.approx(there.token_log_probs, abs=TOL) and here.perplexity > 1
+        listed = [i.session_id async for i in client.list_sessions(s.session_id, page_size=1)]
+        assert listed == [s.session_id, child.session_id]
+        with pytest.raises(NotFound):
+            await client.export_session(sid())
+        await client.session(s.session_id).feed("x", reset=True)  # another writer: another history
+        with pytest.raises(PositionMismatch):
+            await s.export()
+        with pytest.raises(PositionMismatch):
+            await client.import_session(exported.blob)  # over another history, without force
+        assert (await client.import_session(exported.blob, force=True)).position == len(PROMPT)
 
     run(server, test)
 

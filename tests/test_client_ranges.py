@@ -28,6 +28,10 @@ from seqpredict.client import AsyncClient, Client, InvalidArgument, NotFound
         (lambda s: s.feed([1, -(2**31) - 1]), "tokens"),
         (lambda s: s.feed("x", expected_position=-1), "expected_position"),
         (lambda s: list(s.stream(["x", [2**40]])), "tokens"),
+        (lambda s: s.feed("x", expected_incarnation=2**64), "expected_incarnation"),
+        (lambda s: s.client.fork_session(s.session_id, "copy", expected_position=-1), "expected_position"),
+        (lambda s: s.client.export_session(s.session_id, expected_incarnation=-1), "expected_incarnation"),
+        (lambda s: list(s.client.list_sessions(s.session_id, page_size=-1)), "page_size"),
     ],
 )
 def test_out_of_range_numbers_raise_invalid_argument(server, call: Callable[[Any], Any], field: str) -> None:
@@ -49,5 +53,10 @@ def test_the_async_client_raises_it_too(server) -> None:
                     pass
             with pytest.raises(InvalidArgument, match="top_k"):
                 await session.feed("x", top_k=2**32)
+            with pytest.raises(InvalidArgument, match="expected_position"):
+                await client.fork_session("ranges-async", "copy", expected_position=2**64)
+            with pytest.raises(InvalidArgument, match="page_size"):
+                async for _ in client.list_sessions(page_size=2**32):
+                    pass
 
     asyncio.run(main())

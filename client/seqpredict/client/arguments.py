@@ -1,4 +1,5 @@
-"""Argument types of the `seqpredict` command line: numbers that fit their fields, escapes in --stop.
+"""Argument types of the `seqpredict` command line: numbers that fit their fields, escapes in --stop,
+and the guard options every command that changes or reads a session's state shares.
 
 Each turns a value the request cannot carry into argparse's usage error — exit 2 and one line
 naming the option — instead of a traceback from protobuf further down. Whether a value that
@@ -12,8 +13,9 @@ import math
 import re
 from collections.abc import Callable
 
-from seqpredict.client.ranges import INT32
+from seqpredict.client.ranges import INT32, UINT64
 
+SESSION_HELP = "session id: 1-128 characters of [A-Za-z0-9._:-]"
 ESCAPES_HELP = r"backslash escapes are decoded: \n \t \r \\ \xHH \uHHHH (so --stop '\n\n' is a blank line)"
 _ESCAPE = re.compile(r"\\(x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8}|.?)", re.S)
 _SIMPLE = {"n": "\n", "t": "\t", "r": "\r", "0": "\0", "\\": "\\", "'": "'", '"': '"'}
@@ -70,3 +72,15 @@ def escapes(value: str) -> str:
         raise argparse.ArgumentTypeError(f"unknown escape {shown} in {value}; write \\\\ for a backslash")
 
     return _ESCAPE.sub(decode, value)
+
+
+def add_guard_options(parser: argparse.ArgumentParser, what: str = "the session") -> None:
+    """--expected-position and --expected-incarnation: run only on the state the caller expects."""
+    parser.add_argument(
+        "--expected-position", type=integer(*UINT64), help=f"fail (exit 4) unless {what} is at this position"
+    )
+    parser.add_argument(
+        "--expected-incarnation",
+        type=integer(*UINT64),
+        help=f"fail (exit 4) unless {what} is this history of it (its incarnation; 0: it must not exist)",
+    )

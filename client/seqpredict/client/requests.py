@@ -1,7 +1,8 @@
-"""The protobuf boundary of the calls: requests built from what the caller asks for, answers matched back.
+"""The protobuf boundary of feeding and generating: requests built from what the caller asks for,
+answers matched back. Shared by both client halves (the session-state operations: `session_ops.py`).
 
 Requests and answers are paired here because an answer only makes sense with its request
-(whether all_steps was asked, which session it was for).
+(whether all_steps or score was asked, which session it was for).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from seqpredict.client.errors import SeqpredictError, ServerError, from_request_error
-from seqpredict.client.ranges import check_request_numbers
+from seqpredict.client.ranges import UINT64, check, check_request_numbers
 from seqpredict.client.types import Prediction
 from seqpredict.v1 import seqpredict_pb2 as pb
 
@@ -75,24 +76,19 @@ def predict_request(session_id: str, feed: FeedRequest, guard: Guard, request_id
     _set_input(req, "tokens", "text", feed.input)
     if feed.top_k is not None:
         req.top_k = feed.top_k
-    _set_guard(req, guard)
+    set_guard(req, guard)
     return req
 
 
-def fork_request(source: str, target: str, replace: bool, guard: Guard) -> pb.ForkSessionRequest:
-    req = pb.ForkSessionRequest(source_session_id=source, target_session_id=target, replace=replace)
-    _set_guard(req, guard)
-    return req
+def set_guard(req: Any, guard: Guard) -> None:
+    """Put the guard on any request with the two optional fields (predict, generate, fork, export).
 
-
-def export_request(session_id: str, guard: Guard) -> pb.ExportSessionRequest:
-    req = pb.ExportSessionRequest(session_id=session_id)
-    _set_guard(req, guard)
-    return req
-
-
-def _set_guard(req: Any, guard: Guard) -> None:
+    Range-checked here for every kind of request: protobuf would refuse a negative or 65-bit
+    value with a bare ValueError naming no field.
+    """
     position, incarnation = guard
+    check("expected_position", position, UINT64)
+    check("expected_incarnation", incarnation, UINT64)
     if position is not None:
         req.expected_position = position
     if incarnation is not None:
@@ -139,7 +135,7 @@ def generate_request(session_id: str, opts: GenerateOptions, guard: Guard) -> pb
         value = getattr(opts, name)
         if value is not None:
             setattr(req, name, value)
-    _set_guard(req, guard)
+    set_guard(req, guard)
     return req
 
 
