@@ -26,7 +26,7 @@ from hypothesis.stateful import run_state_machine_as_test
 from seqpredict.models import CharRNN, Checkpoint
 from seqpredict.v1 import seqpredict_pb2 as pb
 from tests.bystanders import unique_id
-from tests.cluster import RedisServer, Replicas
+from tests.cluster.replicas import RedisServer, Replicas
 from tests.reference import assert_top_matches, reference_probabilities
 from tests.serverproc import ServerProcess
 from tests.test_properties import machine
