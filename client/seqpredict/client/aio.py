@@ -21,7 +21,7 @@ from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from seqpredict.client.aio_session import AsyncSession
-from seqpredict.client.channel import DEFAULT_TARGET, ChannelConfig
+from seqpredict.client.channel import DEFAULT_TARGET, ChannelConfig, routed
 from seqpredict.client.errors import SeqpredictError, from_rpc_error
 from seqpredict.client.requests import FeedInput, answers, many_request, only
 from seqpredict.client.session_ops import SessionPages, export_request, fork_request, import_request
@@ -135,6 +135,6 @@ class AsyncClient:
 
     async def _unary(self, method: Any, request: Any, session_id: str | None = None) -> Any:
         try:
-            return await method(request, timeout=self.timeout, metadata=self._metadata)
+            return await method(request, timeout=self.timeout, metadata=routed(self._metadata, session_id))
         except grpc.RpcError as exc:
             raise from_rpc_error(exc, session_id) from exc

@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
+
+ROUTING_METADATA = "x-session-id"
+ROUTABLE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # the server's session id rule
 
 log = logging.getLogger(__name__)
 
@@ -110,3 +114,15 @@ class ChannelConfig:
         if not self.secure:
             log.debug("sending a bearer token over a plaintext channel to %s", self.target)
         return (*metadata, ("authorization", f"Bearer {self.token}"))
+
+
+def routed(metadata: tuple[tuple[str, str], ...], session_id: str | None) -> tuple[tuple[str, str], ...]:
+    """`metadata` with the routing key of a call about one session.
+
+    A proxy in front of several replicas (nginx's `hash $http_x_session_id consistent`, Envoy's
+    ring_hash) sends every call of a session to the replica that holds it. An id the server would
+    refuse anyway gets no header (metadata must be printable ASCII); the server then names the fault.
+    """
+    if session_id is None or ROUTABLE_ID.fullmatch(session_id) is None:
+        return metadata
+    return (*metadata, (ROUTING_METADATA, session_id))

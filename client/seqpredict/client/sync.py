@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from seqpredict.client.channel import DEFAULT_TARGET, ChannelConfig
+from seqpredict.client.channel import DEFAULT_TARGET, ChannelConfig, routed
 from seqpredict.client.errors import SeqpredictError, from_rpc_error
 from seqpredict.client.requests import FeedInput, answers, many_request, only
 from seqpredict.client.session_ops import SessionPages, export_request, fork_request, import_request
@@ -150,6 +150,6 @@ class Client:
 
     def _unary(self, method: Any, request: Any, session_id: str | None = None) -> Any:
         try:
-            return method(request, timeout=self.timeout, metadata=self._metadata)
+            return method(request, timeout=self.timeout, metadata=routed(self._metadata, session_id))
         except grpc.RpcError as exc:
             raise from_rpc_error(exc, session_id) from exc
