@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from seqpredict.client.errors import (
     Aborted,
     AlreadyExists,
+    AnswerLost,
     Cancelled,
     DeadlineExceeded,
     InvalidArgument,
@@ -70,6 +71,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "Aborted",
     "AlreadyExists",
+    "AnswerLost",
     "AsyncClient",
     "AsyncGeneration",
     "AsyncSession",

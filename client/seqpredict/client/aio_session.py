@@ -5,6 +5,7 @@ Made by `AsyncClient.session`; the bookkeeping it shares with `Session` is in `h
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
@@ -13,7 +14,14 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 import grpc
 from grpc import aio
 
-from seqpredict.client.errors import NotFound, SeqpredictError, from_rpc_error
+from seqpredict.client.channel import routed
+from seqpredict.client.errors import (
+    NotFound,
+    PositionMismatch,
+    SeqpredictError,
+    Unavailable,
+    from_rpc_error,
+)
 from seqpredict.client.generation import AsyncGeneration
 from seqpredict.client.handle import SessionHandle
 from seqpredict.client.requests import (
@@ -26,6 +34,7 @@ from seqpredict.client.requests import (
     only,
     predict_request,
 )
+from seqpredict.client.retrying import RETRY_DELAYS_S, applied_before, may_resend
 from seqpredict.client.session_ops import end_request, get_request
 from seqpredict.client.types import ExportedSession, Prediction, SessionInfo
 from seqpredict.v1 import seqpredict_pb2 as pb
@@ -50,6 +59,7 @@ class AsyncSession(SessionHandle):
     ) -> None:
         super().__init__(session_id, strict=strict, position=position, incarnation=incarnation)
         self.client = client
+        self._metadata = routed(client._metadata, session_id)  # every call of it carries its routing key
 
     async def feed(
         self,
@@ -63,18 +73,35 @@ class AsyncSession(SessionHandle):
         expected_incarnation: int | None = None,
         score: bool = False,
     ) -> Prediction:
-        """See `Session.feed`."""
+        """See `Session.feed` (resends included)."""
         feed = FeedRequest(tokens_or_text, top_k, all_steps, reset, end, expected_position, expected_incarnation, score)
         await self._sync_position()
-        req = predict_request(
-            self.session_id, feed, self._tracker.expected(expected_position, expected_incarnation, reset)
-        )
-        call = self.client._stub.Predict(iter([req]), timeout=self.client.timeout, metadata=self.client._metadata)
+        guard = self._tracker.expected(expected_position, expected_incarnation, reset)
+        req = predict_request(self.session_id, feed, guard)
+        delays = RETRY_DELAYS_S if may_resend(feed, guard) else ()
+        for attempt in range(len(delays) + 1):
+            try:
+                return self._result(await self._predict_one(req), feed)
+            except Unavailable as exc:
+                if attempt == len(delays):
+                    raise
+                log.info("session %s: %s; sending the feed again", self.session_id, exc.message)
+                await asyncio.sleep(delays[attempt])
+            except PositionMismatch as exc:
+                if attempt == 0 or not applied_before(exc, feed, guard):
+                    raise
+                position, incarnation = self._lost_answer(feed, exc)
+                return await self.feed(
+                    (), top_k=feed.top_k, expected_position=position, expected_incarnation=incarnation
+                )
+        raise AssertionError("unreachable")
+
+    async def _predict_one(self, req: pb.PredictRequest) -> pb.PredictResponse:
+        call = self.client._stub.Predict(iter([req]), timeout=self.client.timeout, metadata=self._metadata)
         try:
-            responses = [resp async for resp in call]
+            return only([resp async for resp in call])
         except grpc.RpcError as exc:
             raise from_rpc_error(exc, self.session_id) from exc
-        return self._result(only(responses), feed)
 
     @overload
     def stream(
@@ -127,7 +154,7 @@ class AsyncSession(SessionHandle):
                 failure.append(exc)
                 raise
 
-        call = self.client._stub.Predict(requests(), timeout=timeout, metadata=self.client._metadata)
+        call = self.client._stub.Predict(requests(), timeout=timeout, metadata=self._metadata)
         finished = False
         try:
             async for resp in call:
@@ -180,7 +207,7 @@ class AsyncSession(SessionHandle):
             await self._sync_position()
             guard = self._tracker.expected(opts.expected_position, opts.expected_incarnation, opts.reset)
             req = generate_request(self.session_id, opts, guard)
-            return self.client._stub.Generate(req, timeout=timeout, metadata=self.client._metadata)
+            return self.client._stub.Generate(req, timeout=timeout, metadata=self._metadata)
 
         return AsyncGeneration(self.session_id, self._tracker, opts.end, start, self._after_cancel)
 

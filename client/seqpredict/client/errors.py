@@ -168,3 +168,17 @@ def _int_from_metadata(error: grpc.RpcError, name: str) -> int | None:
             except (TypeError, ValueError):
                 return None
     return None
+
+
+class AnswerLost(SeqpredictError):
+    """A resent feed had already been applied by an attempt whose answer was lost with its replica.
+
+    The session moved on (`position` is where it stands now), and the per-step answers that were
+    asked for (all_steps, score) cannot be computed again from the state after them.
+    """
+
+    default_code = grpc.StatusCode.DATA_LOSS
+
+    def __init__(self, message: str, *, position: int, session_id: str | None = None) -> None:
+        super().__init__(message, session_id=session_id)
+        self.position = position

@@ -6,7 +6,7 @@ Here so the two halves depend on this shared piece and never on each other.
 
 from __future__ import annotations
 
-from seqpredict.client.errors import SeqpredictError
+from seqpredict.client.errors import AnswerLost, PositionMismatch, SeqpredictError
 from seqpredict.client.requests import FeedRequest, Guard, answer
 from seqpredict.client.tracking import PositionTracker
 from seqpredict.client.types import ExportedSession, Prediction, SessionInfo
@@ -65,6 +65,23 @@ class SessionHandle:
         if isinstance(outcome, SeqpredictError):
             raise outcome
         return outcome
+
+    def _lost_answer(self, feed: FeedRequest, refusal: PositionMismatch) -> tuple[int, int]:
+        """A resend was refused because the lost attempt had applied `feed`: the session's version now.
+
+        AnswerLost when the lost answer held per-step results, which the state after them cannot give.
+        """
+        assert refusal.actual_position is not None and refusal.actual_incarnation is not None
+        position, incarnation = refusal.actual_position, refusal.actual_incarnation
+        self._tracker.observe(position, incarnation, ended=False)
+        if feed.all_steps or feed.score:
+            raise AnswerLost(
+                f"session {self.session_id!r}: the feed was applied (position now {position}) but its answer"
+                " was lost with the replica that ran it; per-step answers cannot be computed again",
+                position=position,
+                session_id=self.session_id,
+            ) from refusal
+        return position, incarnation
 
     def _seen(self, info: SessionInfo) -> SessionInfo:
         """The session as the server just described it (GetSession)."""

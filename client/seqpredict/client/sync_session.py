@@ -6,13 +6,21 @@ Made by `Client.session`; the bookkeeping it shares with `AsyncSession` is in `h
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 import grpc
 
-from seqpredict.client.errors import NotFound, SeqpredictError, from_rpc_error
+from seqpredict.client.channel import routed
+from seqpredict.client.errors import (
+    NotFound,
+    PositionMismatch,
+    SeqpredictError,
+    Unavailable,
+    from_rpc_error,
+)
 from seqpredict.client.generation import Generation
 from seqpredict.client.handle import SessionHandle
 from seqpredict.client.requests import (
@@ -25,6 +33,7 @@ from seqpredict.client.requests import (
     only,
     predict_request,
 )
+from seqpredict.client.retrying import RETRY_DELAYS_S, applied_before, may_resend
 from seqpredict.client.session_ops import end_request, get_request
 from seqpredict.client.types import ExportedSession, Prediction, SessionInfo
 from seqpredict.v1 import seqpredict_pb2 as pb
@@ -53,6 +62,7 @@ class Session(SessionHandle):
     ) -> None:
         super().__init__(session_id, strict=strict, position=position, incarnation=incarnation)
         self.client = client
+        self._metadata = routed(client._metadata, session_id)  # every call of it carries its routing key
 
     def feed(
         self,
@@ -71,18 +81,42 @@ class Session(SessionHandle):
         `score`: also return each token's log-probability under the state before it (surprisal,
         perplexity). An error answered by the server raises its typed exception (InvalidArgument,
         PositionMismatch, ...), and then nothing was computed and `position` is unchanged.
+
+        A feed guarded by a known position and incarnation (strict sessions, or both given) that
+        fails UNAVAILABLE — its replica died or drained, the store was unreachable — is sent again
+        a few times; when the lost attempt had been applied, the resend is refused and the
+        prediction is asked for at the new position (AnswerLost for all_steps/score answers).
         """
         feed = FeedRequest(tokens_or_text, top_k, all_steps, reset, end, expected_position, expected_incarnation, score)
         self._sync_position()
-        req = predict_request(
-            self.session_id, feed, self._tracker.expected(expected_position, expected_incarnation, reset)
-        )
-        call = self.client._stub.Predict(iter([req]), timeout=self.client.timeout, metadata=self.client._metadata)
+        guard = self._tracker.expected(expected_position, expected_incarnation, reset)
+        req = predict_request(self.session_id, feed, guard)
+        delays = RETRY_DELAYS_S if may_resend(feed, guard) else ()
+        for attempt in range(len(delays) + 1):
+            try:
+                return self._result(self._predict_one(req), feed)
+            except Unavailable as exc:
+                if attempt == len(delays):
+                    raise
+                log.info("session %s: %s; sending the feed again", self.session_id, exc.message)
+                time.sleep(delays[attempt])
+            except PositionMismatch as exc:
+                if attempt == 0 or not applied_before(exc, feed, guard):
+                    raise
+                return self._applied_anyway(feed, exc)
+        raise AssertionError("unreachable")
+
+    def _predict_one(self, req: pb.PredictRequest) -> pb.PredictResponse:
+        call = self.client._stub.Predict(iter([req]), timeout=self.client.timeout, metadata=self._metadata)
         try:
-            resp = only(list(call))
+            return only(list(call))
         except grpc.RpcError as exc:
             raise from_rpc_error(exc, self.session_id) from exc
-        return self._result(resp, feed)
+
+    def _applied_anyway(self, feed: FeedRequest, refusal: PositionMismatch) -> Prediction:
+        """An attempt whose answer was lost had applied `feed`: the prediction at the position it left."""
+        position, incarnation = self._lost_answer(feed, refusal)
+        return self.feed((), top_k=feed.top_k, expected_position=position, expected_incarnation=incarnation)
 
     @overload
     def stream(
@@ -121,7 +155,7 @@ class Session(SessionHandle):
                 failure.append(exc)
                 raise
 
-        call = self.client._stub.Predict(requests(), timeout=timeout, metadata=self.client._metadata)
+        call = self.client._stub.Predict(requests(), timeout=timeout, metadata=self._metadata)
         finished = False
         try:
             for resp in call:
@@ -180,7 +214,7 @@ class Session(SessionHandle):
             self._sync_position()
             guard = self._tracker.expected(opts.expected_position, opts.expected_incarnation, opts.reset)
             req = generate_request(self.session_id, opts, guard)
-            return self.client._stub.Generate(req, timeout=timeout, metadata=self.client._metadata)
+            return self.client._stub.Generate(req, timeout=timeout, metadata=self._metadata)
 
         return Generation(self.session_id, self._tracker, opts.end, start, self._after_cancel)
 
