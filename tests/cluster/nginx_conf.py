@@ -71,28 +71,61 @@ def nginx_binary() -> str:
     return found
 
 
+class Nginx:
+    """nginx with the shipped settings in front of `upstreams`, on a port of its own; `reload` changes the ring."""
+
+    def __init__(self, upstreams: list[str], prefix_dir: Path, listen_port: int | None = None) -> None:
+        self.port = listen_port or _free_port()
+        self.prefix_dir = prefix_dir
+        prefix_dir.mkdir(parents=True, exist_ok=True)
+        self.conf = prefix_dir / "nginx.conf"
+        self._write(upstreams)
+        # -e: the log for messages before the config is read (official builds default to /var/log).
+        argv = [nginx_binary(), "-p", str(prefix_dir), "-e", str(prefix_dir / "error.log"), "-c", str(self.conf)]
+        with open(prefix_dir / "stderr.log", "ab") as err:
+            self.proc = subprocess.Popen(argv, stdout=err, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            _wait_listening(self.proc, self.port, prefix_dir)
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def reload(self, upstreams: list[str]) -> None:
+        """A new ring, as an operator changes it: new config, SIGHUP (new workers; old ones finish their calls)."""
+        self._write(upstreams)
+        self.proc.send_signal(signal.SIGHUP)
+        time.sleep(0.5)  # nginx starts the new workers before it retires the old ones
+        assert self.proc.poll() is None, f"nginx exited on reload: {self.log()}"
+
+    def log(self) -> str:
+        path = self.prefix_dir / "error.log"
+        return path.read_text(errors="replace")[-3000:] if path.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGQUIT)  # graceful: open calls finish
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def _write(self, upstreams: list[str]) -> None:
+        self.conf.write_text(render_nginx_conf(NGINX_CONF.read_text(), upstreams, self.port, self.prefix_dir))
+
+
 @contextlib.contextmanager
 def running_nginx(upstreams: list[str], prefix_dir: Path, listen_port: int | None = None) -> Iterator[int]:
     """nginx with the shipped settings in front of `upstreams`; yields its port, stops it after."""
-    port = listen_port or _free_port()
-    prefix_dir.mkdir(parents=True, exist_ok=True)
-    conf = prefix_dir / "nginx.conf"
-    conf.write_text(render_nginx_conf(NGINX_CONF.read_text(), upstreams, port, prefix_dir))
-    # -e: the log for messages before the config is read (official builds default to /var/log).
-    argv = [nginx_binary(), "-p", str(prefix_dir), "-e", str(prefix_dir / "error.log"), "-c", str(conf)]
-    with open(prefix_dir / "stderr.log", "ab") as err:
-        proc = subprocess.Popen(argv, stdout=err, stderr=subprocess.STDOUT, start_new_session=True)
+    nginx = Nginx(upstreams, prefix_dir, listen_port)
     try:
-        _wait_listening(proc, port, prefix_dir)
-        yield port
+        yield nginx.port
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGQUIT)  # graceful: open calls finish
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        nginx.stop()
 
 
 def _wait_listening(proc: subprocess.Popen[bytes], port: int, prefix_dir: Path, timeout: float = 10.0) -> None:
