@@ -16,6 +16,7 @@ from grpc import aio
 
 from seqpredict.client.channel import routed
 from seqpredict.client.errors import (
+    Cancelled,
     NotFound,
     PositionMismatch,
     SeqpredictError,
@@ -82,7 +83,7 @@ class AsyncSession(SessionHandle):
         for attempt in range(len(delays) + 1):
             try:
                 return self._result(await self._predict_one(req), feed)
-            except Unavailable as exc:
+            except (Unavailable, Cancelled) as exc:  # the call was cut off: its outcome is unknown
                 if attempt == len(delays):
                     raise
                 log.info("session %s: %s; sending the feed again", self.session_id, exc.message)

@@ -1,10 +1,12 @@
-"""When a feed that failed UNAVAILABLE may be sent again, and how to tell that it was applied anyway.
+"""When a feed whose call failed (UNAVAILABLE, or CANCELLED by the proxy) may be sent again, and whether it was applied.
 
 A replica can die after applying a feed and before its answer leaves; the proxy then moves the
 session to another replica, which takes it over from the store. Resending blindly could feed the
 tokens twice, so only a feed guarded by a known position and incarnation is resent: the server
 refuses the resend (FAILED_PRECONDITION) when the first attempt was applied, and the refusal's
-actual position says so. Feeds without such a guard are never resent.
+actual position says so. Feeds without such a guard are never resent. A proxy whose replica dies
+after the answer's headers left resets the call (CANCELLED), which the feed itself never does:
+that is as unknown an outcome as UNAVAILABLE.
 """
 
 from __future__ import annotations
