@@ -324,7 +324,7 @@ def test_nginx_accepts_the_configmaps_conf(tmp_path: Path) -> None:
     config_map, _, _ = nginx_objects()
     conf_text = config_map["data"]["nginx.conf"]
     services = re.findall(r"^\s*server\s+(seqpredict-\d+):\d+\b", conf_text, re.M)
-    assert len(services) == 3
+    assert len(services) == replicas_statefulset(all_objects())["spec"]["replicas"]
     # Back to the `server replica-N:50051` form render_nginx_conf replaces; nothing else changes.
     as_template = re.sub(r"^(\s*server\s+)seqpredict-(\d+):", r"\1replica-\2:", conf_text, flags=re.M)
     loopback = [f"127.0.0.1:{50051 + i}" for i in range(len(services))]
