@@ -310,6 +310,9 @@ def test_nginx_pods_read_that_conf_and_clients_reach_its_listen_port() -> None:
     assert pid, directives
     pid_dir = str(Path(pid.group(1)).parent)
     assert pid_dir in mounts and not mounts[pid_dir].get("readOnly")
+    # The graceful quit before the pod stops signals that very nginx (its file, its pid file).
+    pre_stop = " ".join(nginx["lifecycle"]["preStop"]["exec"]["command"])
+    assert f"-c {conf_path} " in pre_stop and f"pid {pid.group(1)};" in pre_stop and "-s quit" in pre_stop
     listen = re.search(r"^\s*listen\s+(\d+)\s+http2;", config_map["data"]["nginx.conf"], re.M)
     assert listen
     (port,) = service["spec"]["ports"]
