@@ -40,9 +40,16 @@ class Malformed:
 UNUSABLE = (Oversized, Malformed)
 
 
+DRAINING_SHARED = "the server is draining; retry: another replica takes the session over from the session store"
+DRAINING_ALONE = "the server is draining; retry when it is back"
+
+
 class Admission:
-    def __init__(self, tokens: frozenset[str], max_rpcs: int, max_message_bytes: int) -> None:
+    def __init__(self, tokens: frozenset[str], max_rpcs: int, max_message_bytes: int, shared: bool = False) -> None:
         self._tokens = tuple(t.encode() for t in tokens)
+        # With a shared session store another replica can take the session over; without one,
+        # the session stays here until this server comes back (from its snapshot, if it has one).
+        self._draining = DRAINING_SHARED if shared else DRAINING_ALONE
         self.max_rpcs = max_rpcs
         self.max_message_bytes = max_message_bytes
         self.active = 0
@@ -60,7 +67,7 @@ class Admission:
         if not self._authorized(details):
             return grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token", "unauthenticated"
         if self.draining:
-            return grpc.StatusCode.UNAVAILABLE, "the server is draining; retry on another replica", "draining"
+            return grpc.StatusCode.UNAVAILABLE, self._draining, "draining"
         if self.active >= self.max_rpcs:
             message = f"too many concurrent calls (limit {self.max_rpcs})"
             return grpc.StatusCode.RESOURCE_EXHAUSTED, message, "streams"

@@ -199,7 +199,9 @@ async def start_transport(
         Window(settings.stream_window, settings.stream_window_bytes),
         settings.max_answer_bytes,
     )
-    admission = Admission(settings.bearer_tokens(), settings.max_streams, settings.max_message_bytes)
+    admission = Admission(
+        settings.bearer_tokens(), settings.max_streams, settings.max_message_bytes, shared=bool(settings.state_store)
+    )
     server = aio.server(interceptors=[RpcGuard(metrics, admission)], options=options)
     pb_grpc.add_SequencePredictorServicer_to_server(service, server)
     health_servicer = health.aio.HealthServicer()
