@@ -9,8 +9,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-PEERS = Path(__file__).resolve().parent.parent / "bench" / "peers"
-sys.path.insert(0, str(PEERS))
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+PEERS = BENCH / "peers"
+sys.path[:0] = [str(PEERS), str(BENCH)]
 
 import proctree  # noqa: E402
 import rounds  # noqa: E402

@@ -1,10 +1,10 @@
-"""CPU time of a whole process tree from /proc: TorchServe is a Java frontend plus Python workers.
+"""CPU time and memory of a whole process tree from /proc: neither server under test is one process.
 
-Our server is one process (bench/procs.py reads its /proc/PID/stat). TorchServe's work is
-spread over the Java frontend and the worker processes it starts, and the frontend also
-starts short-lived helpers (the system-metrics collector, once a minute); those that already
-exited count through their parent's cutime/cstime once reaped. So the server CPU of a run is
-the difference of tree_cpu_seconds() taken before and after it.
+Our server is a supervisor with an engine process and N frontend processes (with
+`--frontends 0`, one process); TorchServe is a Java frontend plus the Python workers it
+starts, and short-lived helpers (the system-metrics collector, once a minute). Children that
+already exited count through their parent's cutime/cstime once reaped. So the server CPU of
+a run is the difference of tree_cpu_seconds() taken before and after it.
 """
 
 from __future__ import annotations
