@@ -32,15 +32,21 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SequencePredictor"].full_name
 VOCAB_SIZE = 82
 VOCABULARY = (string.printable * 2)[:VOCAB_SIZE]
 STATE_BYTES = 2 * 2 * 256 * 4  # what the default model's (h, c) would cost, so ModelInfo looks alike
-# Mirrors the options of seqpredict.server.app.create_server — keep them in sync: gRPC's own receive
-# limit is 4× our 4 MiB message limit (admission.HARD_LIMIT_FACTOR), sends up to 64 MiB, and no
-# maximum_concurrent_rpcs (ours limits concurrency in its admission interceptor, which the echo omits).
+# Mirrors the options of seqpredict.server.transport.grpc_options with default settings — keep them in
+# sync: gRPC's own receive limit is 4× our 4 MiB message limit (admission.HARD_LIMIT_FACTOR), sends up
+# to 64 MiB, no automatic growth of stream windows (bdp_probe 0), and no maximum_concurrent_rpcs (ours
+# limits concurrency in its admission interceptor, which the echo omits).
 SERVER_OPTIONS = [
     ("grpc.max_receive_message_length", 4 * 4 * 1024 * 1024),
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
     ("grpc.so_reuseport", 0),
+    ("grpc.max_allowed_incoming_connections", 1024),
+    ("grpc.server_handshake_timeout_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.max_ping_strikes", 2),
+    ("grpc.http2.bdp_probe", 0),
+    ("grpc.max_connection_idle_ms", 300_000),
 ]
 
 

@@ -65,3 +65,13 @@ class LatencyHistogram:
             "mean": round(self.total_s / self.count * 1e3, 4),
             "max": round(self.max_s * 1e3, 4),
         }
+
+    def summary_us(self) -> dict[str, float | int | None]:
+        """p50 and mean in microseconds (None when empty), and the sample count: for short operations."""
+        if not self.count:
+            return {"count": 0, "p50_us": None, "mean_us": None}
+        return {
+            "count": self.count,
+            "p50_us": round(self.percentile(50) * 1e6, 1),
+            "mean_us": round(self.total_s / self.count * 1e6, 1),
+        }

@@ -16,6 +16,9 @@ Modes:
 
 Only what completes inside the measured window (after --warmup) counts towards rates and
 percentiles; `tokens_total` counts the whole run, so a caller can divide server CPU by it.
+`window_monotonic` is the measured window on CLOCK_MONOTONIC (time.monotonic() in any process
+of the machine), so a caller sampling CPU from /proc can take exactly the window's share;
+`window_cpu_s` is this process's own CPU over it.
 Errors are counted by gRPC code over the whole run. With --duration 0 it runs until SIGTERM,
 which also ends a timed run early (the JSON then covers what was measured): that makes it a
 long-running load source for docker-compose as well as a benchmark step.
@@ -254,8 +257,14 @@ class LoadGen:
     async def run(self, interrupted: asyncio.Event) -> dict[str, Any]:
         cpu0 = time.process_time()
         tasks = self.sessions()
+        # Our own CPU over the window, read from inside: sampled from outside, the last reading before
+        # this process exits may fall before the window's end.
+        window_cpu0: list[float] = []
+        delay = max(self.tally.warm_end - time.perf_counter(), 0.0)
+        asyncio.get_running_loop().call_later(delay, lambda: window_cpu0.append(time.process_time()))
         await self._wait(interrupted)
         stopped = time.perf_counter()
+        window_cpu = time.process_time() - window_cpu0[0] if window_cpu0 else None
         self.stopping = True
         done, pending = await asyncio.wait(tasks, timeout=5.0)
         for task in pending:
@@ -267,7 +276,12 @@ class LoadGen:
                 traceback.print_exception(exc, file=sys.stderr)
                 self.tally.errors[f"CLIENT_{type(exc).__name__}"] += 1
         window = max(min(stopped, self.tally.end) - self.tally.warm_end, 0.0)
-        return self.result(window, time.process_time() - cpu0)
+        result = self.result(window, time.process_time() - cpu0)
+        to_monotonic = time.monotonic() - time.perf_counter()
+        start = self.tally.warm_end + to_monotonic
+        result["window_monotonic"] = [round(start, 4), round(start + window, 4)]
+        result["window_cpu_s"] = round(window_cpu, 4) if window_cpu is not None else None
+        return result
 
     async def _wait(self, interrupted: asyncio.Event) -> None:
         """Sleep until the window ends (or SIGTERM), printing a progress line every --progress seconds."""

@@ -1,8 +1,11 @@
-"""One measured run: a loadgen process against a server process, with the server read around it.
+"""One measured run: a loadgen process against a server, with the server read around it.
 
 The load generator reports what the clients saw; the server's side comes from outside it:
-utime+stime from /proc (CPU per token, for ours and the echo alike) and, for ours, deltas of
-its Prometheus series (mean batch size, engine time per token).
+utime+stime from /proc — of the whole process tree around the run (CPU per token, for ours
+and the echo alike), and of each process (engine, each frontend, supervisor, the loadgen
+itself) over exactly the measured window (bench/cpu.py) — and, for ours, deltas of its
+Prometheus series (mean batch size, engine time per token). A profiled run records every
+process of the server but the supervisor with py-spy, each into a file of its own.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import cpu
 import profiling
 from plan import LoadRun, Plan
 from procs import BENCH_DIR, ServerProcess
@@ -40,6 +44,7 @@ def loadgen_argv(server: ServerProcess, spec: LoadRun, plan: Plan, duration: flo
         "--per-message": plan.per_message,
         "--max-tokens": plan.max_tokens,
         "--pipeline-requests": plan.pipeline_requests,
+        "--channels": spec.channels,
     }
     argv = [sys.executable, str(BENCH_DIR / "loadgen.py"), "--json"]
     for flag, value in flags.items():
@@ -47,43 +52,70 @@ def loadgen_argv(server: ServerProcess, spec: LoadRun, plan: Plan, duration: flo
     return argv
 
 
+def profile_path(base: Path, role: str) -> Path:
+    """Where the py-spy record of one server process goes: <base stem>-<role>.collapsed."""
+    return base.with_name(f"{base.stem}-{role}{base.suffix}")
+
+
 def run_load(
     server: ServerProcess, spec: LoadRun, plan: Plan, profile_out: Path | None = None, native: bool = False
 ) -> dict[str, Any]:
-    """Run `spec` against `server`; with `profile_out`, py-spy samples the server after the warm-up."""
+    """Run `spec` against `server`; with `profile_out`, py-spy samples each server process after the warm-up
+    (into profile_path(profile_out, role))."""
     duration = max(plan.duration, PROFILE_MIN_S) if spec.profiled else plan.duration
+    roles = server.roles()
     result: dict[str, Any] = {
         **asdict(spec),
         "chunk": plan.chunk if spec.mode == "prefill" else 1,
         "per_message": plan.per_message if spec.mode == "multiplexed" else 1,
         "pipeline_requests": plan.pipeline_requests if spec.mode == "pipeline" else None,
+        "roles": roles,
         "loadgen": None,
     }
     metrics0, cpu0 = server.metrics(), server.cpu_seconds()
     proc = subprocess.Popen(
         loadgen_argv(server, spec, plan, duration), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    spy = None
+    threads_of = tuple(r for r in roles if r != "supervisor")
+    sampler = cpu.CpuSampler({**roles, "loadgen": proc.pid}, threads_of=threads_of).start()
+    spies = {}
     if spec.profiled and profile_out is not None:
         time.sleep(LOADGEN_STARTUP_S + plan.warmup)
-        spy = profiling.record(server.pid, max(duration - 1, 1), profile_out, native=native)
+        for role, pid in roles.items():
+            if role != "supervisor":  # it only waits on its children and serves the merged /metrics
+                out = profile_path(profile_out, role)
+                spies[role] = profiling.record(pid, max(duration - 1, 1), out, native=native)
     try:
         stdout, stderr = proc.communicate(timeout=plan.warmup + duration + 120)
     except subprocess.TimeoutExpired:
         proc.kill()
         stdout, stderr = proc.communicate()
-    if spy is not None:
-        result["pyspy"] = spy.communicate(timeout=60)[0].decode(errors="replace").strip().splitlines()[-2:]
+    samples = sampler.stop()
+    if spies:
+        result["pyspy"] = {
+            role: spy.communicate(timeout=60)[0].decode(errors="replace").strip().splitlines()[-2:]
+            for role, spy in spies.items()
+        }
     cpu1, metrics1 = server.cpu_seconds(), server.metrics()
     try:
         result["loadgen"] = json.loads(stdout.strip().splitlines()[-1])
     except (IndexError, json.JSONDecodeError):
         result["error"] = f"loadgen exited {proc.returncode}: {stderr.strip()[-500:]}"
         return result
-    tokens = result["loadgen"]["tokens_total"]
+    lg = result["loadgen"]
+    tokens = lg["tokens_total"]
     result["server_cpu_s"] = round(cpu1 - cpu0, 3)
     result["server_cpu_us_per_token"] = round((cpu1 - cpu0) / tokens * 1e6, 2) if tokens else None
     result["server_rss_bytes"] = server.rss_bytes()
+    if lg.get("window_monotonic"):
+        start, end = lg["window_monotonic"]
+        in_window = cpu.cpu_in_window(samples, start, end)
+        if lg.get("window_cpu_s") is not None:  # its own reading: exact even when it exits right after
+            in_window["loadgen"] = lg["window_cpu_s"]
+        result["window_cpu_s"] = in_window
+        result["cpu_us_per_token"] = cpu.us_per_token(in_window, lg["tokens"])
+        result["thread_us_per_token"] = cpu.threads_us_per_token(in_window, lg["tokens"])
+        result["cores_busy"] = cpu.cores_busy(in_window, end - start)
     batches = _delta(metrics0, metrics1, "seqpredict_batch_size_count")
     if batches:
         result["mean_batch"] = round(_delta(metrics0, metrics1, "seqpredict_batch_size_sum") / batches, 2)
@@ -111,7 +143,9 @@ def summary_line(run: dict[str, Any]) -> str:
         return f"  {run.get('error', 'failed')}"
     lat = lg["latency_ms"]
     extra = f", mean batch {run['mean_batch']}" if run.get("mean_batch") is not None else ""
+    costs = run.get("cpu_us_per_token") or {}
+    shown = " ".join(f"{k} {v:.0f}" for k, v in costs.items())
     return (
         f"{lg['tokens_per_s']:9,.0f} tokens/s  p50 {lat['p50']} ms  p99 {lat['p99']} ms  "
-        f"server {run.get('server_cpu_us_per_token')} µs/token{extra}  errors {lg['error_count']}"
+        f"CPU µs/token: {shown or '?'}{extra}  errors {lg['error_count']}"
     )

@@ -4,7 +4,9 @@ Issue 4's target is 1,000,000 idle sessions of the default model at ≤ 1.3× th
 bytes (state + a small fixed overhead, not a dict of tensors per session). The server runs as
 a child process with --max-sessions ≥ 1,000,000; sessions are created quickly through
 PredictMany (1000 sessions per message, one token each, top_k=1 to keep the answers small,
-a few streams in flight), and the server's VmRSS is read from /proc before and after.
+a few streams in flight), and the server's VmRSS is read from /proc before and after — of
+every process of it (supervisor, engine, frontends), so whatever a session costs any of them
+counts. The peak is the sum of each process's own peak (VmHWM): an upper bound.
 
     .venv/bin/python bench/memory.py --sessions 20000     # 1,000,000 by default
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 import tempfile
@@ -22,6 +25,7 @@ from typing import Any
 
 from grpc import aio
 from procs import ServerProcess, proc_status_bytes, start_ours, wait_serving
+from proctree import descendants
 
 from seqpredict.v1 import seqpredict_pb2 as pb
 from seqpredict.v1 import seqpredict_pb2_grpc as pb_grpc
@@ -63,6 +67,15 @@ async def state_bytes(address: str) -> int:
     return info.state_bytes_per_session
 
 
+def peak_bytes(root: int) -> int:
+    """The sum of every process's peak RSS in the tree (their peaks need not coincide: an upper bound)."""
+    total = 0
+    for stat in descendants(root):
+        with contextlib.suppress(OSError, KeyError):  # gone since the tree was read
+            total += proc_status_bytes(stat.pid, "VmHWM")
+    return total
+
+
 def measure(server: ServerProcess, sessions: int, per_message: int, streams: int, settle: float) -> dict[str, Any]:
     raw = asyncio.run(state_bytes(server.address))
     time.sleep(settle)
@@ -83,7 +96,7 @@ def measure(server: ServerProcess, sessions: int, per_message: int, streams: int
         "sessions_per_s": round(created / elapsed, 1) if elapsed else None,
         "rss_before_bytes": before,
         "rss_after_bytes": after,
-        "rss_peak_bytes": proc_status_bytes(server.pid, "VmHWM"),
+        "rss_peak_bytes": peak_bytes(server.pid),
         "bytes_per_session": round(per_session, 1),
         "state_bytes_per_session": raw,
         "ratio": round(per_session / raw, 4) if raw else None,

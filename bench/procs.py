@@ -1,14 +1,15 @@
 """Servers under test as child processes, and what the benchmark reads about them from outside.
 
-Every server runs in a process of its own, started here on free ports and stopped with
+Every server runs in processes of its own, started here on free ports and stopped with
 SIGTERM (the way an orchestrator stops it), so its CPU time and RSS can be read from /proc
-without counting the load generator's. Readiness is the standard gRPC health check, the
-same probe a deployment would use.
+without counting the load generator's. Ours is a process tree (a supervisor, the engine
+process and N frontends; one process with --frontends 0): CPU and RSS are the whole tree's,
+and `roles()` names each process from the supervisor's log so that a run can say what each
+one cost. Readiness is the standard gRPC health check, the same probe a deployment would use.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import socket
@@ -21,10 +22,26 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from proctree import tree_cpu_seconds, tree_rss_bytes
 
 BENCH_DIR = Path(__file__).resolve().parent
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$")
+# The supervisor's log lines naming its children (seqpredict/server/supervisor.py).
+_ENGINE_READY = re.compile(r"\bengine process ready \(pid (\d+)\)")
+_FRONTEND_READY = re.compile(r"\bfrontend (\d+) ready \(pid (\d+)\)")
+
+
+def process_roles(log_text: str, root_pid: int, single_role: str) -> dict[str, int]:
+    """{role: pid} of a server from its log: "supervisor", "engine", "frontend-K" for the
+    multi-process server (a restarted frontend's latest pid wins), else {single_role: root_pid}."""
+    roles: dict[str, int] = {}
+    for match in _ENGINE_READY.finditer(log_text):
+        roles["engine"] = int(match[1])
+    for match in _FRONTEND_READY.finditer(log_text):
+        roles[f"frontend-{match[1]}"] = int(match[2])
+    if not roles:
+        return {single_role: root_pid}
+    return {"supervisor": root_pid, **roles}
 
 
 def free_port() -> int:
@@ -41,6 +58,8 @@ class ServerProcess:
     port: int
     metrics_port: int | None
     log_path: Path
+    single_role: str = "server"  # the role of a server that is one process: "server" (ours), "echo"
+    _terminated: bool = False
 
     @property
     def address(self) -> str:
@@ -51,10 +70,21 @@ class ServerProcess:
         return self.proc.pid
 
     def cpu_seconds(self) -> float:
-        return cpu_seconds(self.pid)
+        """utime + stime of the whole process tree (supervisor, engine, frontends)."""
+        return tree_cpu_seconds(self.pid)
 
     def rss_bytes(self) -> int:
-        return proc_status_bytes(self.pid, "VmRSS")
+        """Resident memory of the whole process tree."""
+        return tree_rss_bytes(self.pid)
+
+    def roles(self) -> dict[str, int]:
+        """{role: pid}: "supervisor", "engine", "frontend-K" — or one role for a one-process server.
+        Read from the log, which names the children only at INFO level (the default)."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            text = ""
+        return process_roles(text, self.pid, self.single_role)
 
     def metrics(self) -> dict[str, float]:
         """Our server's Prometheus samples (series with labels keep them in the key)."""
@@ -68,10 +98,16 @@ class ServerProcess:
         except OSError:
             return ""
 
+    def terminate(self) -> None:
+        """SIGTERM once (a second one would make our server exit without draining)."""
+        if self.proc.poll() is None and not self._terminated:
+            self.proc.send_signal(signal.SIGTERM)
+            self._terminated = True
+
     def stop(self, timeout: float = 30.0) -> int | None:
         """SIGTERM, then SIGKILL if it does not drain in time; returns the exit code."""
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.terminate()
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -99,7 +135,7 @@ def start_ours(name: str, log_dir: Path, extra: list[str] | None = None) -> Serv
 def start_echo(name: str, log_dir: Path) -> ServerProcess:
     port = free_port()
     proc, log_path = _spawn(name, [sys.executable, str(BENCH_DIR / "echo_server.py"), "--port", str(port)], log_dir)
-    return ServerProcess(name, proc, port, None, log_path)
+    return ServerProcess(name, proc, port, None, log_path, single_role="echo")
 
 
 def wait_serving(server: ServerProcess, timeout: float = 180.0) -> None:
@@ -118,14 +154,6 @@ def wait_serving(server: ServerProcess, timeout: float = 180.0) -> None:
                 pass
             time.sleep(0.2)
     raise TimeoutError(f"{server.name} not SERVING after {timeout:.0f} s:\n{server.log_tail()}")
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads) from /proc/PID/stat."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rpartition(")")[2].split()  # the command name may contain spaces
-    # After the name: state is field 3 of stat(5), utime 14 and stime 15.
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 def proc_status_bytes(pid: int, key: str) -> int:

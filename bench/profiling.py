@@ -2,7 +2,8 @@
 
 Issue 4 asks for the hot path to be measured with a profiler and reported before and after
 each change. py-spy samples the live server from outside (no code change, no restart), so
-the profile is of the real process under the benchmark's load. `record` writes py-spy's
+the profile is of the real process under the benchmark's load; the multi-process server is
+profiled one process at a time (the engine, a frontend), each into a file of its own. `record` writes py-spy's
 raw collapsed stacks; `summarize` turns them into the figures the team compares: share of
 samples by package (grpc/asyncio, protobuf, our service, scheduler, engine/torch, ...), by
 thread, and the top functions by self and inclusive time.
@@ -26,7 +27,8 @@ from pathlib import Path
 
 # Leaf frames that mean "blocked, waiting for work" rather than computing.
 WAITS = re.compile(
-    r"^(epoll_wait|poll|select|__poll|EpollSelector\.select|_PollLikeSelector\.select|Condition\.wait|Event\.wait|"
+    r"^(epoll_wait|poll|select|__poll|EpollSelector\.select|_PollLikeSelector\.select|Poller\.poll|Condition\.wait|"
+    r"Event\.wait|"
     r"pthread_cond_(timed)?wait|sem_(timed)?wait|futex_wait|__futex_abstimed_wait\w*)\b"
 )
 # First match wins, tried from the leaf frame towards the root.
@@ -46,6 +48,12 @@ CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
             "mkl_",
             "numpy/",
         ),
+    ),
+    # The hop between a frontend and the engine process: ZeroMQ sockets, msgpack (de)coding of the
+    # messages, the engine's loop around them and the frontend's link to it.
+    (
+        "IPC (zmq, msgpack, engine loop)",
+        ("server/remote.py", "server/wire.py", "server/engine_loop.py", "zmq/", "msgspec"),
     ),
     # Every other module of the server: service, interceptors, validation, jobs.
     ("our service", ("server/", "seqpredict/")),
