@@ -1,8 +1,9 @@
-"""bench.png: our server next to the three references, against the number of sessions C.
+"""bench.png: ours in its three process shapes next to the references, against the number of sessions C.
 
-Three panels: single-token throughput, p99 per-token latency, and server CPU per token with
-ours split into engine time (seqpredict_batch_seconds) and everything else (gRPC, asyncio,
-protobuf, scheduling) — the picture of where the time goes that issue 4 asks for.
+Three panels: single-token throughput and p99 latency — echo ceiling, ours with --frontends 0
+(one process), the default, --frontends 2, unbatched, multiplexed and the in-process model —
+and CPU per token at each C, stacked by process (engine, frontends, supervisor, or the one
+process), the picture of where the time goes and which process a bigger machine needs more of.
 """
 
 from __future__ import annotations
@@ -14,20 +15,32 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display on servers and CI
 import matplotlib.pyplot as plt
+from targets import is_main
 
 STYLE = {
-    "ours": ("tab:blue", "o", "ours (batched)"),
-    "unbatched": ("tab:orange", "s", "ours, --max-batch-size 1"),
+    "ours": ("tab:blue", "o", "ours, default"),
+    "ours-f0": ("tab:cyan", "v", "ours, --frontends 0 (one process)"),
+    "ours-f2": ("tab:red", "s", "ours, --frontends 2"),
+    "unbatched": ("tab:orange", "x", "ours, --max-batch-size 1"),
     "echo": ("tab:gray", "^", "echo ceiling (no model)"),
     "inprocess": ("tab:green", "D", "in-process model (no RPC)"),
     "multiplexed": ("tab:purple", "P", "ours, multiplexed"),
+}
+# CPU panel: the systems, and the process kinds stacked in each bar.
+CPU_SYSTEMS = (("echo", "echo"), ("ours-f0", "f0"), ("ours", "def."), ("ours-f2", "f2"))
+KIND_COLORS = {
+    "engine": "tab:green",
+    "frontend": "tab:blue",
+    "supervisor": "tab:olive",
+    "server": "tab:cyan",
+    "echo": "tab:gray",
 }
 
 
 def _series(results: dict[str, Any], system: str, mode: str, key: str) -> tuple[list[int], list[float]]:
     points = []
     for run in results.get("runs", []):
-        if run["system"] == system and run["mode"] == mode and not run.get("profiled") and run.get("loadgen"):
+        if run["system"] == system and run["mode"] == mode and is_main(run) and run.get("loadgen"):
             value = run["loadgen"]["tokens_per_s"] if key == "tps" else run["loadgen"]["latency_ms"]["p99"]
             if value is not None:
                 points.append((run["sessions"], value))
@@ -36,13 +49,14 @@ def _series(results: dict[str, Any], system: str, mode: str, key: str) -> tuple[
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
-    fig, (ax_tps, ax_p99, ax_cpu) = plt.subplots(1, 3, figsize=(17, 5.2))
+    fig, (ax_tps, ax_p99, ax_cpu) = plt.subplots(1, 3, figsize=(18, 5.4))
     inproc = (results.get("inprocess") or {}).get("single", [])
     for key, ax, ylabel in (("tps", ax_tps, "tokens/s"), ("p99", ax_p99, "p99 per-token latency (ms)")):
-        for system in ("ours", "unbatched", "echo"):
+        for system in ("echo", "ours-f0", "ours", "ours-f2", "unbatched"):
             xs, ys = _series(results, system, "pingpong", key)
-            color, marker, label = STYLE[system]
-            ax.plot(xs, ys, marker=marker, color=color, label=f"{label}, ping-pong")
+            if xs:
+                color, marker, label = STYLE[system]
+                ax.plot(xs, ys, marker=marker, color=color, label=f"{label}, ping-pong")
         xs, ys = _series(results, "ours", "multiplexed", key)
         color, marker, label = STYLE["multiplexed"]
         ax.plot(xs, ys, marker=marker, color=color, linestyle="--", label=label)
@@ -57,7 +71,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
         ax.grid(True, which="both", alpha=0.3)
     ax_tps.set_title("Single-token throughput")
     ax_p99.set_title("p99 latency (in-process: one batched step)")
-    ax_tps.legend(fontsize=8)
+    ax_tps.legend(fontsize=7)
     _cpu_panel(ax_cpu, results)
     fig.suptitle(
         f"seqpredict bench ({results.get('mode', '?')}), {results['machine']['cpu_model']}, "
@@ -71,28 +85,28 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
 
 def _cpu_panel(ax: Any, results: dict[str, Any]) -> None:
-    """Server CPU µs per token at each C, ping-pong: ours stacked engine + rest, then the references."""
-    runs = [
-        r for r in results.get("runs", []) if r["mode"] == "pingpong" and not r.get("profiled") and r.get("loadgen")
-    ]
+    """Server CPU µs per token over the measured window, ping-pong, stacked by process kind."""
+    runs = [r for r in results.get("runs", []) if r["mode"] == "pingpong" and is_main(r) and r.get("loadgen")]
     cs = sorted({r["sessions"] for r in runs})
-    width = 0.27
+    width = 0.8 / len(CPU_SYSTEMS)
+    ticks, tick_labels = [], []
     for i, c in enumerate(cs):
         by_system = {r["system"]: r for r in runs if r["sessions"] == c}
-        for j, system in enumerate(("ours", "unbatched", "echo")):
-            run = by_system.get(system)
-            if not run or run.get("server_cpu_us_per_token") is None:
-                continue
-            x = i + (j - 1) * width
-            total = run["server_cpu_us_per_token"]
-            engine = run.get("engine_us_per_token") or 0.0
-            color = STYLE[system][0]
-            ax.bar(x, min(engine, total), width, color=color, edgecolor="black", hatch="//")
-            ax.bar(x, max(total - engine, 0.0), width, bottom=min(engine, total), color=color, alpha=0.55)
-    ax.set_xticks(range(len(cs)), [f"C={c}" for c in cs])
-    ax.set_ylabel("server CPU µs per token")
-    ax.set_title("Where server time goes (hatched: engine batches)")
-    handles = [plt.Rectangle((0, 0), 1, 1, color=STYLE[s][0]) for s in ("ours", "unbatched", "echo")]
-    handles.append(plt.Rectangle((0, 0), 1, 1, facecolor="white", edgecolor="black", hatch="//"))
-    ax.legend(handles, ["ours", "unbatched", "echo", "engine batches (wall time)"], fontsize=8)
+        for j, (system, short) in enumerate(CPU_SYSTEMS):
+            costs = (by_system.get(system) or {}).get("cpu_us_per_token") or {}
+            x = i + (j - (len(CPU_SYSTEMS) - 1) / 2) * width
+            bottom = 0.0
+            for kind, color in KIND_COLORS.items():
+                value = costs.get(kind)
+                if value:
+                    ax.bar(x, value, width, bottom=bottom, color=color, edgecolor="black", linewidth=0.4)
+                    bottom += value
+            ticks.append(x)
+            tick_labels.append(f"{short}\nC={c}" if j == 0 else short)
+    ax.set_xticks(ticks, tick_labels, fontsize=7)
+    ax.set_ylabel("server CPU µs per token (measured window)")
+    ax.set_title("Where server CPU goes, by process")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=color) for color in KIND_COLORS.values()]
+    names = ["engine process", "frontends", "supervisor", "one process (--frontends 0)", "echo server"]
+    ax.legend(handles, names, fontsize=7)
     ax.grid(True, axis="y", alpha=0.3)

@@ -1,7 +1,9 @@
 """RESULTS.md: the machine, the targets with PASS/MISS, and one table per load shape.
 
 Every table puts our server next to the references measured in the same run (echo ceiling,
-unbatched, in-process model), because on a shared 2-core machine only the ratios are stable.
+unbatched, in-process model, ours in its other process shapes), because on a shared 2-core
+machine only the ratios are stable. The per-process sections (process shapes, CPU per token,
+the scaling model, session operations, profiles) are rendered by report_processes.py.
 """
 
 from __future__ import annotations
@@ -9,7 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from targets import Target, pipeline_vs_prefill
+import report_processes as processes
+from targets import Target, is_main, pipeline_vs_prefill
 
 # Quoted from issue 4, not measured by this benchmark.
 TORCHSERVE_REFERENCE = (
@@ -40,22 +43,37 @@ def _ms(value: float | None) -> str:
 
 def _loadgen_row(c: int, label: str, run: dict[str, Any]) -> str:
     lg = run.get("loadgen")
+    conn = run.get("channels", 1)
     if not lg:
-        return f"| {c} | {label} | failed: {run.get('error', '?')} | | | | | | | |"
-    lat = lg["latency_ms"]
-    errors = lg["error_count"] or 0
+        return f"| {c} | {label} | {conn} | failed: {run.get('error', '?')} | | | | | | | |"
+    lat = lg.get("latency_ms") or {}
+    errors = lg.get("error_count") or 0
     return (
-        f"| {c} | {label} | {_num(lg['tokens_per_s'])} | {_num(lg['messages_per_s'])} | {_ms(lat['p50'])} | "
-        f"{_ms(lat['p90'])} | {_ms(lat['p99'])} | {_num(run.get('mean_batch'), 1)} | "
+        f"| {c} | {label} | {conn} | {_num(lg.get('tokens_per_s'))} | {_num(lg.get('messages_per_s'))} | "
+        f"{_ms(lat.get('p50'))} | {_ms(lat.get('p90'))} | {_ms(lat.get('p99'))} | {_num(run.get('mean_batch'), 1)} | "
         f"{_num(run.get('server_cpu_us_per_token'), 1)} | {_num(run.get('engine_us_per_token'), 1)} | {errors} |"
     )
 
 
 HEADER = (
-    "| C | system | tokens/s | msg/s | p50 ms | p90 ms | p99 ms | mean batch | server CPU µs/token | "
-    "engine wall µs/token | errors |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    "| C | system | conn. | tokens/s | msg/s | p50 ms | p90 ms | p99 ms | mean batch | server CPU µs/token | "
+    "engine wall µs/token | errors |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 )
-LABELS = {"ours": "**ours**", "unbatched": "unbatched (max batch 1)", "echo": "echo ceiling"}
+# Table order: ours first, then its other shapes, then the references.
+ORDER = ("ours", "ours-f0", "ours-f2", "unbatched", "echo")
+
+
+def labels(results: dict[str, Any]) -> dict[str, str]:
+    """Row labels; the default's frontend count as its log showed it."""
+    roles = ((results.get("servers") or {}).get("ours") or {}).get("roles") or {}
+    frontends = len([r for r in roles if r.startswith("frontend-")])
+    return {
+        "ours": f"**ours** (default: --frontends {frontends})" if roles else "**ours**",
+        "ours-f0": "ours, --frontends 0 (one process)",
+        "ours-f2": "ours, --frontends 2",
+        "unbatched": "unbatched (max batch 1)",
+        "echo": "echo ceiling",
+    }
 
 
 def mode_table(results: dict[str, Any], mode: str) -> str:
@@ -64,16 +82,18 @@ def mode_table(results: dict[str, Any], mode: str) -> str:
         return ""
     inproc_kind = {"pingpong": "single", "prefill": "prefill"}.get(mode)
     inproc = {f["sessions"]: f for f in (results.get("inprocess") or {}).get(inproc_kind or "", [])}
+    names = labels(results)
     rows = [HEADER]
     for c in sorted({r["sessions"] for r in runs}):
-        for system in ("ours", "unbatched", "echo"):
-            for run in (r for r in runs if r["sessions"] == c and r["system"] == system):
-                rows.append(_loadgen_row(c, LABELS[system], run))
+        for main in (True, False):  # the one-connection rows after the main ones
+            for system in ORDER:
+                for run in (r for r in runs if r["sessions"] == c and r["system"] == system and is_main(r) == main):
+                    rows.append(_loadgen_row(c, names[system] + ("" if main else ", 1 connection"), run))
         if c in inproc:
             f = inproc[c]
             step = f["step_ms"]
             rows.append(
-                f"| {c} | in-process model (per step) | {_num(f['tokens_per_s'])} | — | {_ms(step['p50'])} | "
+                f"| {c} | in-process model (per step) | — | {_num(f['tokens_per_s'])} | — | {_ms(step['p50'])} | "
                 f"{_ms(step['p90'])} | {_ms(step['p99'])} | {c} | {_num(f['us_per_token'], 1)} (engine only) | "
                 f"{_num(f['us_per_token'], 1)} | 0 |"
             )
@@ -151,15 +171,19 @@ def render(results: dict[str, Any], targets: list[Target], png_name: str) -> str
         "# seqpredict benchmark results",
         "",
         f"Mode: **{results['mode']}** (`make bench` for the full run, `make bench-short` for a quick check). "
-        f"Every server ran as its own process with the load generator (`bench/loadgen.py`) in another; "
-        f"{cfg['warmup']} s warm-up then {cfg['duration']} s measured per row. Figures on a shared 2-core machine "
-        "move by ±20 %: compare ratios within one run, not absolute numbers across runs.",
+        f"Every server ran as its own processes with the load generator (`bench/loadgen.py`) in another; "
+        f"{cfg['warmup']} s warm-up then {cfg['duration']} s measured per row. Every load spread its streams "
+        f"over min(streams, {processes.MAX_CHANNELS}) gRPC connections (column *conn.*), for every server alike: "
+        "the kernel spreads *connections* over the frontends (SO_REUSEPORT), so one connection would hide a "
+        "second frontend; rows marked *1 connection* repeat a load on one, the shape of the runs before the "
+        "process split. Figures on a shared 2-core machine move by ±20 %: compare ratios within one run, not "
+        f"absolute numbers across runs. The run took {results.get('elapsed_s', '?')} s.",
         "",
         "## Machine",
         "",
         machine_table(results),
         "",
-        "## Targets (issue 4)",
+        "## Targets (the performance issues)",
         "",
         targets_table(targets),
         "",
@@ -179,12 +203,13 @@ def render(results: dict[str, Any], targets: list[Target], png_name: str) -> str
             parts += [f"## {title}", "", MODE_NOTES[mode], *extra, "", table, ""]
     parts += [
         "Columns: *mean batch* is Δ`seqpredict_batch_size_sum` / Δ`_count` over the run; *server CPU µs/token* is "
-        "the server process's utime+stime (all threads) over the run divided by the tokens answered (warm-up "
-        "included); *engine wall µs/token* is Δ`seqpredict_batch_seconds_sum` / Δ tokens consumed + generated: "
-        "wall time of the engine's batches, which includes time the inference thread waits for the GIL while the "
-        "event loop holds it, so it can exceed the in-process figure even when the math is the same. The rest of "
-        "the server CPU is transport (gRPC, asyncio, protobuf), service and scheduler.",
+        "the utime+stime of all the server's processes (all threads) over the run divided by the tokens answered "
+        "(warm-up included; per process and over the measured window only: the CPU table below); *engine wall "
+        "µs/token* is Δ`seqpredict_batch_seconds_sum` / Δ tokens consumed + generated: wall time of the engine's "
+        "batches, which in the one-process server includes time the inference thread waits for the GIL while the "
+        "event loop holds it.",
         "",
+        *processes.sections(results),
         "## Idle sessions in memory",
         "",
         memory_section(results.get("memory")),
@@ -198,15 +223,5 @@ def render(results: dict[str, Any], targets: list[Target], png_name: str) -> str
         f"![throughput, p99 and server CPU per token against C]({png_name})",
         "",
     ]
-    if results.get("profile"):
-        parts += [
-            "## Profile (py-spy, ours, pingpong C=64)",
-            "",
-            f"Full summary: `{results['profile']['summary']}`.",
-            "",
-            "```",
-            results["profile"]["by_package"],
-            "```",
-            "",
-        ]
+    parts += processes.profiles_section(results)
     return "\n".join(parts)

@@ -1,15 +1,21 @@
-"""The benchmark of issue 4, end to end: `make bench` (full, writes bench/RESULTS.md) or `make bench-short`.
+"""The benchmark of the performance issues, end to end: `make bench` (full, writes bench/RESULTS.md) or
+`make bench-short`.
 
-Three servers run side by side as child processes on free ports — ours with default
-settings, ours with --max-batch-size 1 ("unbatched", the naive design) and the echo ceiling —
-and the load generator runs as a separate process against each, C by C, interleaved so the
-references see the same background load as ours. Then the in-process model and the
-idle-memory figure, each in a process of its own, with the servers stopped.
+The servers run side by side as child processes on free ports — ours with default settings,
+ours as one process (--frontends 0), ours with two frontends, ours with --max-batch-size 1
+("unbatched", the naive design) and the echo ceiling — and the load generator runs as a
+separate process against each, C by C, interleaved so the references see the same
+background load as ours. While a load runs, the CPU of every process (engine, frontends,
+supervisor, the load generator) is sampled over the measured window. Then the session
+operations against ours; then, with the servers stopped, the in-process model and the
+idle-memory figure, each in a process of its own.
 
 Writes bench/out/results.json, results.md and bench.png; only the full mode also writes the
 committed copy, bench/RESULTS.md and bench/RESULTS.png. --profile adds a pingpong C=64 run
-under py-spy and bench/out/profile-<label>.txt, the summary of where the server's time goes
-that the team compares before and after a change.
+with py-spy on each process of ours (engine and frontend apart) and
+bench/out/profile-<label>-<process>.txt, the summaries of where each process's time goes that
+the team compares before and after a change. The verdicts of the latest `make bench-peers`
+(bench/out/peers.json) are shown with the targets, marked as that run's.
 
     .venv/bin/python bench/run.py --short --profile --profile-label before
 """
@@ -32,13 +38,12 @@ import plot
 import profiling
 import report
 import targets
-from measure import run_json, run_load, summary_line
-from plan import FULL, SHORT, LoadRun, Plan, load_runs
+from measure import profile_path, run_json, run_load, summary_line
+from plan import FULL, SERVERS, SHORT, LoadRun, Plan, estimate_seconds, load_runs, servers_needed
 from procs import BENCH_DIR, ServerProcess, start_echo, start_ours, wait_serving
 from tqdm import tqdm
 
 OUT_DIR = BENCH_DIR / "out"
-SERVER_FLAGS = {"ours": [], "unbatched": ["--max-batch-size", "1"]}
 
 
 class Bench:
@@ -49,32 +54,56 @@ class Bench:
         self.args = args
         self.logs = args.out / "logs"
         self.servers: dict[str, ServerProcess] = {}
+        self.loads = load_runs(plan, args.profile)
         self.results: dict[str, Any] = {
             "mode": plan.name,
             "machine": machine.describe(),
-            "config": {**dataclasses.asdict(plan), "servers": {**SERVER_FLAGS, "echo": ["bench/echo_server.py"]}},
+            "config": {**dataclasses.asdict(plan), "servers": {**SERVERS, "echo": ["bench/echo_server.py"]}},
+            "estimate_s": round(estimate_seconds(plan, args.profile)),
             "runs": [],
         }
 
     def steps(self) -> list[tuple[str, Callable[[], None]]]:
         plan = self.plan
-        loads = load_runs(plan, self.args.profile)
         return [
             ("start servers", self.start_servers),
-            *((spec.label, self._load_step(spec)) for spec in loads),
+            *((spec.label, self._load_step(spec)) for spec in self.loads),
+            ("session operations", self.session_ops),
             ("stop servers", self.stop_servers),
             ("in-process model", self.inprocess),
             (f"memory ({plan.memory_sessions:,} sessions)", self.memory),
         ]
 
     def start_servers(self) -> None:
-        for name, flags in SERVER_FLAGS.items():
-            self.servers[name] = start_ours(name, self.logs, flags)
-        self.servers["echo"] = start_echo("echo", self.logs)
+        for name in servers_needed(self.loads):
+            if name == "echo":
+                self.servers[name] = start_echo(name, self.logs)
+            else:
+                self.servers[name] = start_ours(name, self.logs, SERVERS[name])
         for server in self.servers.values():
             wait_serving(server)
+        # Which processes each server is, as its log names them (the CPU table is per process).
+        self.results["servers"] = {name: {"roles": s.roles()} for name, s in self.servers.items()}
+
+    def session_ops(self) -> None:
+        """Fork/export/import beside a Predict step, against ours, in a process of its own."""
+        p = self.plan
+        argv = [
+            str(BENCH_DIR / "session_ops.py"),
+            *("--target", self.servers["ours"].address, "--sessions", str(p.session_ops_sessions)),
+            *("--rounds", str(p.session_ops_rounds), "--history", str(p.session_ops_history)),
+            *("--step-duration", str(p.inprocess_duration)),
+        ]
+        self.results["session_ops"] = ops = run_json(argv, timeout=600)
+        if "error" in ops:
+            tqdm.write(f"session operations failed: {ops['error']}", file=sys.stderr)
+            return
+        shown = ", ".join(f"{op} {f['p50_us']:.0f}" for op, f in ops["rpc"]["operations"].items() if f["count"])
+        tqdm.write(f"session operations, p50 µs over RPC: {shown}; blob {ops['rpc']['blob_bytes']} B", file=sys.stderr)
 
     def stop_servers(self) -> None:
+        for server in self.servers.values():  # all drain at once
+            server.terminate()
         for server in self.servers.values():
             server.stop()
 
@@ -132,20 +161,38 @@ class Bench:
         return self.results
 
 
-def write_profile(results: dict[str, Any], raw: Path, label: str, out: Path) -> None:
-    text = profiling.summarize(raw, title=f"py-spy profile of our server, pingpong C=64, {label}")
-    summary = out / f"profile-{label}.txt"
-    summary.write_text(text)
-    by_package = "By package" + text.split("By package", 1)[-1].split("\n\n", 1)[0]
-    shown = summary.relative_to(BENCH_DIR.parent) if summary.is_relative_to(BENCH_DIR.parent) else summary
-    results["profile"] = {"summary": str(shown), "raw": str(raw), "by_package": by_package}
+def write_profiles(results: dict[str, Any], raw: Path, label: str, out: Path) -> None:
+    """One summary per profiled process of ours: profile-<label>-<role>.txt (engine, frontend-1, or server)."""
+    profiled = next((r for r in results["runs"] if r.get("profiled")), None)
+    results["profiles"] = {}
+    for role in (profiled or {}).get("roles", {}):
+        path = profile_path(raw, role)
+        if not path.exists():
+            continue
+        title = f"py-spy profile of our server's {role} process, pingpong C=64, {label}"
+        text = profiling.summarize(path, title=title)
+        summary = out / f"profile-{label}-{role}.txt"
+        summary.write_text(text)
+        by_package = "By package" + text.split("By package", 1)[-1].split("\n\n", 1)[0]
+        shown = summary.relative_to(BENCH_DIR.parent) if summary.is_relative_to(BENCH_DIR.parent) else summary
+        results["profiles"][role] = {"summary": str(shown), "raw": str(path), "by_package": by_package}
+
+
+def latest_peers(out: Path) -> dict[str, Any] | None:
+    """The results of the latest `make bench-peers` in the same output folder, if there is one."""
+    try:
+        return json.loads((out / "peers.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--short", action="store_true", help="the quick check (< 2 minutes); never writes bench/RESULTS.md")
-    p.add_argument("--profile", action="store_true", help="add a pingpong C=64 run under py-spy and its summary")
-    p.add_argument("--profile-label", default=None, help="profile file name: profile-<label>.txt (default: git rev)")
+    p.add_argument("--short", action="store_true", help="the quick check (~3 minutes); never writes bench/RESULTS.md")
+    p.add_argument("--profile", action="store_true", help="add a pingpong C=64 run with py-spy on each process of ours")
+    p.add_argument(
+        "--profile-label", default=None, help="profile file names: profile-<label>-<process>.txt (default: git rev)"
+    )
     p.add_argument("--profile-native", action="store_true", help="py-spy --native (pauses the server per sample)")
     p.add_argument("--duration", type=float, default=None, help="override the measured seconds per run")
     p.add_argument("--memory-sessions", type=int, default=None, help="override the idle sessions of the memory figure")
@@ -166,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     args.profile_label = re.sub(r"[^A-Za-z0-9._-]", "_", args.profile_label or machine.git_revision())
     args.profile_raw = args.out / f"profile-{args.profile_label}.collapsed" if args.profile else None
     if args.profile_raw is not None:
-        args.profile_raw.unlink(missing_ok=True)  # never summarise a stale profile
+        for stale in args.out.glob(f"profile-{args.profile_label}-*.collapsed"):
+            stale.unlink()  # never summarise a stale profile
 
     if args.rerender:
         # Re-render the report from a finished run (e.g. after editing bench/ANALYSIS.md).
@@ -174,10 +222,11 @@ def main(argv: list[str] | None = None) -> int:
         plan = FULL if results.get("mode") == "full" else SHORT
         args.profile_raw = None
     else:
+        print(f"{plan.name} run: about {estimate_seconds(plan, args.profile) / 60:.0f} minutes", file=sys.stderr)
         results = Bench(plan, args).run()
-    if args.profile_raw is not None and args.profile_raw.exists():
-        write_profile(results, args.profile_raw, args.profile_label, args.out)
-    evaluated = targets.evaluate(results)
+    if args.profile_raw is not None:
+        write_profiles(results, args.profile_raw, args.profile_label, args.out)
+    evaluated = targets.evaluate(results, latest_peers(args.out))
     results["targets"] = [t.to_dict() for t in evaluated]
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     plot.plot(results, args.out / "bench.png")
