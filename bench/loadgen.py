@@ -58,6 +58,8 @@ FALLBACK_VOCAB = 82
 LATENCY_KINDS = {"generate": "inter_token_gap", "pipeline": "offered_to_answered"}
 # After a stream fails, wait this long before a new one: a restarting server is not hammered.
 RETRY_S = 0.5
+# The routing key issue 13's proxy hashes on (seqpredict.server.routing.ROUTING_HEADER).
+SESSION_HEADER = "x-session-id"
 CODE_NAMES = {c.value[0]: c.name for c in grpc.StatusCode}
 
 
@@ -110,6 +112,10 @@ class LoadGen:
     def _stub(self, i: int) -> pb_grpc.SequencePredictorStub:
         return self.stubs[i % len(self.stubs)]
 
+    def _routing(self, sid: str) -> tuple[tuple[str, str], ...] | None:
+        """With --session-header, the x-session-id metadata a proxy routes a session's call by."""
+        return ((SESSION_HEADER, sid),) if self.args.session_header else None
+
     def _failed(self, exc: aio.AioRpcError) -> bool:
         """Count a stream failure unless we caused it by stopping; True when the session should go on."""
         if self.stopping:
@@ -124,7 +130,7 @@ class LoadGen:
         population = range(vocab)
         request_id = 0
         while not self.stopping:
-            call = stub.Predict()
+            call = stub.Predict(metadata=self._routing(sid))
             try:
                 while not self.stopping:
                     request_id += 1
@@ -178,7 +184,8 @@ class LoadGen:
         sid, stub, rng, tally = self._sid(i), self._stub(i), self.rng, self.tally
         while not self.stopping:
             sent = time.perf_counter()
-            call = stub.Generate(pb.GenerateRequest(session_id=sid, max_tokens=max_tokens, seed=rng.getrandbits(63)))
+            request = pb.GenerateRequest(session_id=sid, max_tokens=max_tokens, seed=rng.getrandbits(63))
+            call = stub.Generate(request, metadata=self._routing(sid))
             last: float | None = None
             try:
                 async for _ in call:
@@ -203,7 +210,7 @@ class LoadGen:
         k = 0
         while not self.stopping:
             sid, k = f"{self._sid(i)}-{k}", k + 1
-            call = stub.Predict()
+            call = stub.Predict(metadata=self._routing(sid))
             offered: deque[float] = deque()  # when each request not yet answered was offered
             started = time.perf_counter()
             try:
@@ -336,6 +343,7 @@ class LoadGen:
             "error_count": sum(t.errors.values()),
             "client_cpu_s": round(client_cpu, 3),
             "session_prefix": self.prefix,
+            "session_header": a.session_header,
         }
         if a.mode == "generate":
             out["first_token_ms"] = t.first_token.summary_ms()
@@ -399,6 +407,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--pipeline-requests", type=int, default=10_000, help="pipeline: requests per session (default: %(default)s)"
     )
     p.add_argument("--channels", type=int, default=1, help="gRPC connections to spread streams over (default: 1)")
+    p.add_argument(
+        "--session-header",
+        action="store_true",
+        help="send each single-session call's session id as x-session-id metadata, which a proxy hashes on "
+        "(pingpong, prefill, generate, pipeline)",
+    )
     p.add_argument("--connect-timeout", type=float, default=60.0, help="seconds to wait for the server to answer")
     p.add_argument("--progress", type=float, default=5.0, help="seconds between progress lines on stderr; 0: none")
     p.add_argument("--seed", type=int, default=None, help="seed for the random tokens (default: random)")
