@@ -120,10 +120,11 @@ ship-model: ## replace the shipped checkpoint with a finished run's: make ship-m
 eval: install ## evaluate a checkpoint on the validation plays (CKPT=…, default the shipped one)
 	$(BIN)/seqpredict-eval $(or $(CKPT),$(CHECKPOINT)) --text $(DATA)/shakespeare-val.txt
 
-bench: install ## full benchmark (writes bench/RESULTS.md)
+# Both include issue 13's cluster section (redis-server, nginx: system-deps); BENCH_ARGS=--no-cluster skips it.
+bench: install system-deps ## full benchmark, about 22 minutes (writes bench/RESULTS.md)
 	$(PY) bench/run.py $(BENCH_ARGS)
 
-bench-short: install ## a two-minute benchmark
+bench-short: install system-deps ## a quick benchmark, about 5 minutes (bench/out/, never RESULTS.md)
 	$(PY) bench/run.py --short $(BENCH_ARGS)
 
 # Not in CI: mixed load with the limits set low; fails on a wrong answer or RSS growth.

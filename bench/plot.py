@@ -1,9 +1,10 @@
 """bench.png: ours in its three process shapes next to the references, against the number of sessions C.
 
-Three panels: single-token throughput and p99 latency — echo ceiling, ours with --frontends 0
+Panels: single-token throughput and p99 latency — echo ceiling, ours with --frontends 0
 (one process), the default, --frontends 2, unbatched, multiplexed and the in-process model —
 and CPU per token at each C, stacked by process (engine, frontends, supervisor, or the one
 process), the picture of where the time goes and which process a bigger machine needs more of.
+A fourth: issue 13's cluster rows (bench/cluster_report.py), tokens/s of each topology.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")  # no display on servers and CI
+import cluster_report
 import matplotlib.pyplot as plt
 from targets import is_main
 
@@ -49,7 +51,7 @@ def _series(results: dict[str, Any], system: str, mode: str, key: str) -> tuple[
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
-    fig, (ax_tps, ax_p99, ax_cpu) = plt.subplots(1, 3, figsize=(18, 5.4))
+    fig, (ax_tps, ax_p99, ax_cpu, ax_cluster) = plt.subplots(1, 4, figsize=(23, 5.4))
     inproc = (results.get("inprocess") or {}).get("single", [])
     for key, ax, ylabel in (("tps", ax_tps, "tokens/s"), ("p99", ax_p99, "p99 per-token latency (ms)")):
         for system in ("echo", "ours-f0", "ours", "ours-f2", "unbatched"):
@@ -73,6 +75,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     ax_p99.set_title("p99 latency (in-process: one batched step)")
     ax_tps.legend(fontsize=7)
     _cpu_panel(ax_cpu, results)
+    cluster_report.plot_panel(ax_cluster, results.get("cluster"))
     fig.suptitle(
         f"seqpredict bench ({results.get('mode', '?')}), {results['machine']['cpu_model']}, "
         f"{results['machine']['date']}",

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import cluster_report
 import report_processes as processes
 from targets import Target, is_main, pipeline_vs_prefill
 
@@ -210,6 +211,7 @@ def render(results: dict[str, Any], targets: list[Target], png_name: str) -> str
         "event loop holds it.",
         "",
         *processes.sections(results),
+        *cluster_report.section(results.get("cluster")),
         "## Idle sessions in memory",
         "",
         memory_section(results.get("memory")),

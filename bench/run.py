@@ -7,8 +7,9 @@ ours as one process (--frontends 0), ours with two frontends, ours with --max-ba
 separate process against each, C by C, interleaved so the references see the same
 background load as ours. While a load runs, the CPU of every process (engine, frontends,
 supervisor, the load generator) is sampled over the measured window. Then the session
-operations against ours; then, with the servers stopped, the in-process model and the
-idle-memory figure, each in a process of its own.
+operations against ours; then, with the servers stopped, issue 13's cluster section
+(bench/cluster.py: redis-server, three replicas and nginx of its own; --no-cluster skips it),
+the in-process model and the idle-memory figure, each in a process of its own.
 
 Writes bench/out/results.json, results.md and bench.png; only the full mode also writes the
 committed copy, bench/RESULTS.md and bench/RESULTS.png. --profile adds a pingpong C=64 run
@@ -33,6 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import cluster
 import machine
 import plot
 import profiling
@@ -55,13 +57,16 @@ class Bench:
         self.logs = args.out / "logs"
         self.servers: dict[str, ServerProcess] = {}
         self.loads = load_runs(plan, args.profile)
+        self.cluster_plan = cluster.FULL if plan.name == "full" else cluster.SHORT
         self.results: dict[str, Any] = {
             "mode": plan.name,
             "machine": machine.describe(),
             "config": {**dataclasses.asdict(plan), "servers": {**SERVERS, "echo": ["bench/echo_server.py"]}},
-            "estimate_s": round(estimate_seconds(plan, args.profile)),
+            "estimate_s": round(total_estimate(plan, args)),
             "runs": [],
         }
+        if not args.no_cluster:
+            self.results["cluster"] = cluster.empty(self.cluster_plan)
 
     def steps(self) -> list[tuple[str, Callable[[], None]]]:
         plan = self.plan
@@ -70,6 +75,7 @@ class Bench:
             *((spec.label, self._load_step(spec)) for spec in self.loads),
             ("session operations", self.session_ops),
             ("stop servers", self.stop_servers),
+            *(() if self.args.no_cluster else self.cluster_steps()),
             ("in-process model", self.inprocess),
             (f"memory ({plan.memory_sessions:,} sessions)", self.memory),
         ]
@@ -100,6 +106,19 @@ class Bench:
             return
         shown = ", ".join(f"{op} {f['p50_us']:.0f}" for op, f in ops["rpc"]["operations"].items() if f["count"])
         tqdm.write(f"session operations, p50 µs over RPC: {shown}; blob {ops['rpc']['blob_bytes']} B", file=sys.stderr)
+
+    def cluster_steps(self) -> list[tuple[str, Callable[[], None]]]:
+        """Issue 13's section (bench/cluster.py), with the servers above stopped: its parts start their own."""
+
+        def step(label: str, run: Callable[[], dict[str, Any]]) -> Callable[[], None]:
+            def go() -> None:
+                result = cluster.guarded(run)
+                cluster.record(self.results["cluster"], label, result)
+                tqdm.write(f"{label:<32} {cluster.summary_line(result)}", file=sys.stderr)
+
+            return go
+
+        return [(label, step(label, run)) for label, run in cluster.steps(self.cluster_plan, self.args.out / "cluster")]
 
     def stop_servers(self) -> None:
         for server in self.servers.values():  # all drain at once
@@ -178,6 +197,11 @@ def write_profiles(results: dict[str, Any], raw: Path, label: str, out: Path) ->
         results["profiles"][role] = {"summary": str(shown), "raw": str(path), "by_package": by_package}
 
 
+def total_estimate(plan: Plan, args: argparse.Namespace) -> float:
+    extra = 0.0 if args.no_cluster else cluster.estimate_seconds(cluster.FULL if plan.name == "full" else cluster.SHORT)
+    return estimate_seconds(plan, args.profile) + extra
+
+
 def latest_peers(out: Path) -> dict[str, Any] | None:
     """The results of the latest `make bench-peers` in the same output folder, if there is one."""
     try:
@@ -192,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", action="store_true", help="add a pingpong C=64 run with py-spy on each process of ours")
     p.add_argument(
         "--profile-label", default=None, help="profile file names: profile-<label>-<process>.txt (default: git rev)"
+    )
+    p.add_argument(
+        "--no-cluster", action="store_true", help="skip issue 13's cluster section (redis-server, nginx, 3 replicas)"
     )
     p.add_argument("--profile-native", action="store_true", help="py-spy --native (pauses the server per sample)")
     p.add_argument("--duration", type=float, default=None, help="override the measured seconds per run")
@@ -222,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         plan = FULL if results.get("mode") == "full" else SHORT
         args.profile_raw = None
     else:
-        print(f"{plan.name} run: about {estimate_seconds(plan, args.profile) / 60:.0f} minutes", file=sys.stderr)
+        print(f"{plan.name} run: about {total_estimate(plan, args) / 60:.0f} minutes", file=sys.stderr)
         results = Bench(plan, args).run()
     if args.profile_raw is not None:
         write_profiles(results, args.profile_raw, args.profile_label, args.out)

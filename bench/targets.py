@@ -154,6 +154,7 @@ def evaluate(results: dict[str, Any], peers: dict[str, Any] | None = None) -> li
             )
         )
     out += peer_targets(peers)
+    out += cluster_targets(results.get("cluster"))
     out.append(_memory_target(results.get("memory")))
     out.append(
         Target(
@@ -244,3 +245,58 @@ def _memory_target(memory: dict[str, Any] | None) -> Target:
     if memory["created"] < 1_000_000:
         measured += " (fewer than the 1,000,000 of the target)"
     return Target(name, rule, measured, PASS if ratio <= 1.3 else MISS, ratio)
+
+
+# Issue 13's goals for the cluster section (bench/cluster.py): the throughput a durability mode may
+# cost against the store off, same topology (3 replicas through nginx, C=64), and failover.
+DURABILITY_MAX_COST = {"sync": 0.30, "async": 0.10}
+FAILOVER_P99_S = 2.0
+CLUSTER_NOTE = "3 replicas, nginx, redis and the loadgen share 2 cores"
+
+
+def _cluster_row(cluster: dict[str, Any], topology: str) -> dict[str, Any] | None:
+    for row in cluster.get("rows", []):
+        if row.get("topology") == topology and (row.get("loadgen") or {}).get("tokens_per_s"):
+            return row
+    return None
+
+
+def cluster_targets(cluster: dict[str, Any] | None) -> list[Target]:
+    """Issue 13: the cost of sync and async durability, failover p99, and no acknowledged token lost."""
+    out = []
+    off = _cluster_row(cluster or {}, "nginx-off")
+    for mode, bound in DURABILITY_MAX_COST.items():
+        name = f"Cluster: {mode} durability cost (issue 13)"
+        rule = f"≤ {bound:.0%} of the store-off throughput, 3 replicas through nginx, C=64"
+        row = _cluster_row(cluster or {}, f"nginx-{mode}")
+        if row is None or off is None:
+            out.append(Target(name, rule, "not measured in this run", NA))
+            continue
+        t, t_off = row["loadgen"]["tokens_per_s"], off["loadgen"]["tokens_per_s"]
+        cost = 1 - t / t_off
+        measured = f"{mode} {t:.0f} vs off {t_off:.0f} tokens/s → cost {cost:.0%} ({CLUSTER_NOTE})"
+        out.append(Target(name, rule, measured, PASS if cost <= bound else MISS, round(t / t_off, 3)))
+    failover = (cluster or {}).get("failover") or {}
+    name, rule = (
+        "Cluster: failover p99 (issue 13)",
+        f"SIGKILL → the session's next answer through nginx < {FAILOVER_P99_S:g} s",
+    )
+    samples = failover.get("samples") or 0
+    if not samples:
+        out.append(Target(name, rule, failover.get("error", "not measured in this run"), NA))
+    else:
+        p99 = failover["p99_s"]
+        failed = failover.get("failed_rounds") or 0
+        measured = f"p50 {failover['p50_s']:.3f} s, p99 {p99:.3f} s over {samples} kills (sync durability)"
+        if failed:
+            measured += f"; {failed} round(s) did not recover"
+        ok = p99 < FAILOVER_P99_S and not failed
+        out.append(Target(name, rule, measured, PASS if ok else MISS, round(p99 / FAILOVER_P99_S, 3)))
+    name, rule = "Cluster: lost acknowledged tokens (issue 13)", "0 in sync durability, over every kill"
+    if not samples:
+        out.append(Target(name, rule, "not measured in this run", NA))
+    else:
+        lost = failover.get("lost_acked_tokens", 0)
+        measured = f"{lost} lost over {samples} kills (the session's stored position = tokens acknowledged)"
+        out.append(Target(name, rule, measured, PASS if lost == 0 else MISS, lost))
+    return out
