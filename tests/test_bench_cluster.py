@@ -117,6 +117,7 @@ def test_the_section_renders_whole_and_partial_results() -> None:
     assert "## Many replicas (issue 13)" in text and "### Failover" in text
     assert "2 cores" in text
     assert "| 3 via nginx, Redis, durability sync | 2,500 | 0.78× |" in text
+    assert "sync durability costs **22%**" in text
     partial = {"plan": {}, "rows": [{"step": "cluster nginx-sync C=64", "error": "not installed: nginx"}]}
     partial_text = "\n".join(cluster_report.section(partial))
     assert "failed: not installed: nginx" in partial_text and "Not measured in this run." in partial_text
