@@ -158,7 +158,8 @@ def servers_needed(runs: list[LoadRun]) -> list[str]:
 
 def estimate_seconds(plan: Plan, profile: bool = False, profile_min_s: float = 10.0) -> float:
     """How long the plan takes, from its own figures and costs measured on the 2-core machine
-    (rounded up): every load run; starting and stopping the servers (10 s and 5 s); the session
+    (rounded up): every load run; starting the servers (10 s) and stopping them (30 s: the
+    multi-process servers took 20-30 s to exit after SIGTERM here, even idle); the session
     operations (a few ms per session and round, plus ~10 s of start-up and the step figure); the
     in-process model (~5 s of start-up, a second beyond each figure); the memory figure
     (~15 s to start and settle, sessions created at over 8,000/s)."""
@@ -166,7 +167,7 @@ def estimate_seconds(plan: Plan, profile: bool = False, profile_min_s: float = 1
     for run in load_runs(plan, profile):
         window = max(plan.duration, profile_min_s) if run.profiled else plan.duration
         total += RUN_OVERHEAD_S + plan.warmup + window
-    total += 10 + 5
+    total += 10 + 30
     total += 10 + plan.inprocess_duration + plan.session_ops_sessions * plan.session_ops_rounds * 0.01
     total += 5 + (len(plan.pingpong) + len(plan.prefill)) * (plan.inprocess_duration + 1)
     total += 15 + plan.memory_sessions / 8_000
