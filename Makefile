@@ -121,7 +121,7 @@ eval: install ## evaluate a checkpoint on the validation plays (CKPT=…, defaul
 	$(BIN)/seqpredict-eval $(or $(CKPT),$(CHECKPOINT)) --text $(DATA)/shakespeare-val.txt
 
 # Both include issue 13's cluster section (redis-server, nginx: system-deps); BENCH_ARGS=--no-cluster skips it.
-bench: install system-deps ## full benchmark, about 22 minutes (writes bench/RESULTS.md)
+bench: install system-deps ## full benchmark, about 23 minutes (writes bench/RESULTS.md)
 	$(PY) bench/run.py $(BENCH_ARGS)
 
 bench-short: install system-deps ## a quick benchmark, about 5 minutes (bench/out/, never RESULTS.md)

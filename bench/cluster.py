@@ -51,6 +51,7 @@ sys.path.insert(0, str(ROOT))  # tests/cluster: the same redis, replicas and ngi
 
 import grpc  # noqa: E402
 from proctree import tree_cpu_seconds  # noqa: E402
+from targets import median_tps  # noqa: E402
 
 from seqpredict.v1 import seqpredict_pb2 as pb  # noqa: E402
 from seqpredict.v1 import seqpredict_pb2_grpc as pb_grpc  # noqa: E402
@@ -98,9 +99,14 @@ class ClusterPlan:
     kills: int  # failover rounds
     failover_load: int  # sessions of the background load during failover
     probe_tokens: int  # tokens the probe session is fed before each kill
+    # Rounds of the three rows through nginx, in alternating order (off, async, sync, then sync,
+    # async, off): the costs are ratios of medians, so drifting background load hits each mode alike.
+    rounds: int = 1
 
 
-FULL = ClusterPlan(sessions=64, channels=8, warmup=3.0, duration=15.0, kills=10, failover_load=16, probe_tokens=8)
+FULL = ClusterPlan(
+    sessions=64, channels=8, warmup=3.0, duration=15.0, kills=10, failover_load=16, probe_tokens=8, rounds=2
+)
 SHORT = ClusterPlan(sessions=64, channels=8, warmup=1.0, duration=3.0, kills=3, failover_load=8, probe_tokens=4)
 
 
@@ -109,7 +115,8 @@ def estimate_seconds(plan: ClusterPlan) -> float:
     processes), ~1 s for redis and nginx, ~2 s loadgen start-up and wind-down per row, and per
     failover round the feeds, the kill, the recovery (< 1 s), the restart under the background
     load (~19 s) and nginx's fail_timeout (2.5 s)."""
-    rows = sum(15 if t.replicas > 1 else 8 for t in TOPOLOGIES) + len(TOPOLOGIES) * (2 + plan.warmup + plan.duration)
+    per_row = 2 + plan.warmup + plan.duration
+    rows = 8 + per_row + plan.rounds * sum(15 + per_row for t in TOPOLOGIES if t.proxy)
     return rows + 20 + plan.kills * 22
 
 
@@ -131,10 +138,14 @@ def empty(plan: ClusterPlan) -> dict[str, Any]:
 def steps(plan: ClusterPlan, work_dir: Path) -> list[tuple[str, Callable[[], dict[str, Any]]]]:
     """(label, run) for each throughput row and the failover, for a caller showing progress
     (bench/run.py); pass each result to record()."""
-    out: list[tuple[str, Callable[[], dict[str, Any]]]] = [
-        (f"cluster {t.name} C={plan.sessions}", lambda t=t: run_topology(t, plan, work_dir / t.name))
-        for t in TOPOLOGIES
-    ]
+    out: list[tuple[str, Callable[[], dict[str, Any]]]] = []
+    for r in range(plan.rounds):
+        order = [t for t in TOPOLOGIES if t.proxy or r == 0]  # one replica direct: the first round only
+        if r % 2:
+            order.reverse()
+        for t in order:
+            label = f"cluster {t.name} C={plan.sessions}" + (f" (round {r + 1})" if plan.rounds > 1 else "")
+            out.append((label, lambda t=t, r=r: run_topology(t, plan, work_dir / f"{t.name}-{r + 1}", r + 1)))
     out.append((f"cluster failover ×{plan.kills}", lambda: run_failover(plan, work_dir / "failover")))
     return out
 
@@ -259,10 +270,10 @@ def loadgen_argv(target: str, plan: ClusterPlan, sessions: int, warmup: float, d
     ]
 
 
-def run_topology(topology: Topology, plan: ClusterPlan, work_dir: Path) -> dict[str, Any]:
+def run_topology(topology: Topology, plan: ClusterPlan, work_dir: Path, round_: int = 1) -> dict[str, Any]:
     """One throughput row: the parts started fresh, one load, the parts stopped."""
     work_dir.mkdir(parents=True, exist_ok=True)
-    row: dict[str, Any] = {"topology": topology.name, "label": topology.label, **asdict(topology)}
+    row: dict[str, Any] = {"topology": topology.name, "label": topology.label, "round": round_, **asdict(topology)}
     with contextlib.ExitStack() as stack:
         redis = stack.enter_context(redis_server(work_dir)) if topology.durability else None
         replicas = stack.enter_context(
@@ -312,14 +323,13 @@ def tps(row: dict[str, Any] | None) -> float | None:
 
 
 def costs(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Each durability mode's throughput cost against the store-off row through nginx."""
-    by = {r.get("topology"): r for r in rows}
-    off = tps(by.get("nginx-off"))
+    """Each durability mode's throughput cost against the store-off rows through nginx (medians over rounds)."""
+    off = median_tps(rows, "nginx-off")
     out: dict[str, Any] = {}
     for mode in ("async", "sync"):
-        t = tps(by.get(f"nginx-{mode}"))
+        t = median_tps(rows, f"nginx-{mode}")
         out[mode] = round(1 - t / off, 3) if t and off else None
-    direct = tps(by.get("direct"))
+    direct = median_tps(rows, "direct")
     out["nginx_vs_direct"] = round(off / direct, 3) if off and direct else None
     return out
 

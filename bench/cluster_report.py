@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from targets import median_tps
+
 ORDER = ("direct", "nginx-off", "nginx-async", "nginx-sync")
 LABELS = {
     "direct": "1 replica, direct, store off",
@@ -32,25 +34,24 @@ def _ms(value: float | None) -> str:
     return "—" if value is None else (f"{value:.3f}" if value < 10 else f"{value:.1f}")
 
 
-def _rows(cluster: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {r["topology"]: r for r in cluster.get("rows", []) if r.get("topology")}
+def _rows(cluster: dict[str, Any], name: str) -> list[dict[str, Any]]:
+    """The rows of one topology, by round."""
+    found = [r for r in cluster.get("rows", []) if r.get("topology") == name]
+    return sorted(found, key=lambda r: r.get("round", 1))
 
 
 def throughput_table(cluster: dict[str, Any]) -> str:
-    rows = _rows(cluster)
-    off = ((rows.get("nginx-off") or {}).get("loadgen") or {}).get("tokens_per_s")
+    all_rows = cluster.get("rows", [])
+    off = median_tps(all_rows, "nginx-off")
     lines = [
-        "| topology | tokens/s | vs 3 via nginx, off | p50 ms | p90 ms | p99 ms | errors | "
+        "| topology | round | tokens/s | vs 3 via nginx, off (median) | p50 ms | p90 ms | p99 ms | errors | "
         "cores busy: replicas / nginx / redis / loadgen | redis commands per token |",
-        "|---|---:|---:|---:|---:|---:|---:|---|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
-    for name in ORDER:
-        row = rows.get(name)
-        if row is None:
-            continue
+    for name, row in ((n, r) for n in ORDER for r in _rows(cluster, n)):
         lg = row.get("loadgen")
         if not lg:
-            lines.append(f"| {LABELS[name]} | failed: {row.get('error', '?')} | | | | | | | |")
+            lines.append(f"| {LABELS[name]} | {row.get('round', 1)} | failed: {row.get('error', '?')} | | | | | | | |")
             continue
         lat = lg.get("latency_ms") or {}
         tps = lg.get("tokens_per_s")
@@ -59,11 +60,12 @@ def throughput_table(cluster: dict[str, Any]) -> str:
         busy = " / ".join(_num(cores.get(p), 2) for p in PARTS)
         errors = ", ".join(f"{k} {v}" for k, v in (lg.get("errors") or {}).items()) or "0"
         lines.append(
-            f"| {LABELS[name]} | {_num(tps)} | {ratio} | {_ms(lat.get('p50'))} | {_ms(lat.get('p90'))} | "
-            f"{_ms(lat.get('p99'))} | {errors} | {busy} | {_num(row.get('redis_commands_per_token'), 2)} |"
+            f"| {LABELS[name]} | {row.get('round', 1)} | {_num(tps)} | {ratio} | {_ms(lat.get('p50'))} | "
+            f"{_ms(lat.get('p90'))} | {_ms(lat.get('p99'))} | {errors} | {busy} | "
+            f"{_num(row.get('redis_commands_per_token'), 2)} |"
         )
     failed = [r for r in cluster.get("rows", []) if not r.get("topology") and r.get("error")]
-    lines += [f"| {r.get('step', '?')} | failed: {r['error']} | | | | | | | |" for r in failed]
+    lines += [f"| {r.get('step', '?')} | | failed: {r['error']} | | | | | | | |" for r in failed]
     return "\n".join(lines)
 
 
@@ -99,8 +101,10 @@ def section(cluster: dict[str, Any] | None) -> list[str]:
         f"{plan.get('sessions', '?')} sessions, single tokens ping-pong on one Predict stream each, over "
         f"{plan.get('channels', '?')} connections, every call carrying `x-session-id` (nginx hashes on it); "
         f"{plan.get('warmup', '?')} s warm-up, {plan.get('duration', '?')} s measured. Latency is per request "
-        "(write to answer). *cores busy*: each part's CPU (utime+stime of its process tree, /proc) over the load's "
-        "run, warm-up included.",
+        "(write to answer). The three rows through nginx run "
+        f"{plan.get('rounds', 1)} round(s) in alternating order (off, async, sync, then the reverse); the costs "
+        "are ratios of the medians. *cores busy*: each part's CPU (utime+stime of its process tree, /proc) over "
+        "the load's run, warm-up included.",
         "",
         "**This machine has 2 cores**: three replicas (nine processes), nginx's workers, redis-server and the "
         "load generator all share them, so the replicas together get about what one replica gets alone — three "
@@ -157,18 +161,19 @@ def section(cluster: dict[str, Any] | None) -> list[str]:
 
 
 def plot_panel(ax: Any, cluster: dict[str, Any] | None) -> None:
-    """Bars: tokens/s of each topology, with p99 latency written on each bar."""
-    rows = _rows(cluster or {})
-    names = [n for n in ORDER if (rows.get(n) or {}).get("loadgen")]
+    """Bars: tokens/s of each topology (median over rounds), with the worst round's p99 latency on each bar."""
+    all_rows = (cluster or {}).get("rows", [])
+    names = [n for n in ORDER if median_tps(all_rows, n)]
     if not names:
         ax.set_axis_off()
         ax.set_title("Many replicas: not measured")
         return
-    values = [rows[n]["loadgen"]["tokens_per_s"] for n in names]
+    values = [median_tps(all_rows, n) for n in names]
     colors = {"direct": "tab:blue", "nginx-off": "tab:gray", "nginx-async": "tab:olive", "nginx-sync": "tab:red"}
     bars = ax.bar(range(len(names)), values, color=[colors[n] for n in names], edgecolor="black", linewidth=0.4)
     for bar, n in zip(bars, names, strict=True):
-        p99 = rows[n]["loadgen"]["latency_ms"].get("p99")
+        p99s = [r["loadgen"]["latency_ms"].get("p99") for r in _rows(cluster or {}, n) if r.get("loadgen")]
+        p99 = max((v for v in p99s if v is not None), default=None)
         ax.annotate(
             f"p99 {_ms(p99)} ms",
             (bar.get_x() + bar.get_width() / 2, bar.get_height()),
@@ -177,7 +182,7 @@ def plot_panel(ax: Any, cluster: dict[str, Any] | None) -> None:
             fontsize=7,
         )
     ax.set_xticks(range(len(names)), [SHORT_LABELS[n] for n in names], fontsize=7)
-    ax.set_ylabel("tokens/s, C=64 ping-pong")
+    ax.set_ylabel("tokens/s, C=64 ping-pong (median of rounds)")
     failover = (cluster or {}).get("failover") or {}
     extra = f"; failover p99 {failover['p99_s']:.2f} s" if failover.get("p99_s") is not None else ""
     ax.set_title(f"Many replicas (2 cores shared){extra}", fontsize=9)

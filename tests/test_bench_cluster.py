@@ -89,6 +89,32 @@ def test_a_failover_round_that_never_recovered_misses_the_goal() -> None:
     assert failover.status == "MISS" and "1 round(s) did not recover" in failover.measured
 
 
+def test_rounds_alternate_their_order_and_the_costs_are_ratios_of_medians(tmp_path: Path) -> None:
+    plan = cluster.ClusterPlan(
+        sessions=64, channels=8, warmup=1, duration=1, kills=1, failover_load=1, probe_tokens=1, rounds=2
+    )
+    labels = [label for label, _ in cluster.steps(plan, tmp_path)]
+    assert labels == [
+        "cluster direct C=64 (round 1)",
+        "cluster nginx-off C=64 (round 1)",
+        "cluster nginx-async C=64 (round 1)",
+        "cluster nginx-sync C=64 (round 1)",
+        "cluster nginx-sync C=64 (round 2)",
+        "cluster nginx-async C=64 (round 2)",
+        "cluster nginx-off C=64 (round 2)",
+        "cluster failover ×1",
+    ]
+    rows = [
+        _row("nginx-off", 3000.0),
+        _row("nginx-off", 3400.0),
+        _row("nginx-sync", 2000.0),
+        _row("nginx-sync", 2800.0),
+    ]
+    assert targets.median_tps(rows, "nginx-off") == 3200.0
+    assert cluster.costs(rows)["sync"] == round(1 - 2400 / 3200, 3)
+    assert targets.median_tps(rows, "direct") is None
+
+
 def test_percentiles_are_nearest_rank() -> None:
     assert cluster.percentile([0.3, 0.1, 0.2], 50) == 0.2
     assert cluster.percentile([float(i) for i in range(1, 11)], 99) == 10.0
@@ -116,7 +142,7 @@ def test_the_section_renders_whole_and_partial_results() -> None:
     text = "\n".join(cluster_report.section(_cluster()))
     assert "## Many replicas (issue 13)" in text and "### Failover" in text
     assert "2 cores" in text
-    assert "| 3 via nginx, Redis, durability sync | 2,500 | 0.78× |" in text
+    assert "| 3 via nginx, Redis, durability sync | 1 | 2,500 | 0.78× |" in text
     assert "sync durability costs **22%**" in text
     partial = {"plan": {}, "rows": [{"step": "cluster nginx-sync C=64", "error": "not installed: nginx"}]}
     partial_text = "\n".join(cluster_report.section(partial))
