@@ -82,14 +82,26 @@ class Bench:
 
     def start_servers(self) -> None:
         for name in servers_needed(self.loads):
-            if name == "echo":
-                self.servers[name] = start_echo(name, self.logs)
-            else:
-                self.servers[name] = start_ours(name, self.logs, SERVERS[name])
-        for server in self.servers.values():
-            wait_serving(server)
+            self.servers[name] = self._start(name)
+        for name in list(self.servers):
+            for attempt in range(3):
+                try:
+                    wait_serving(self.servers[name])
+                    break
+                except RuntimeError:
+                    # A free port found at start can be taken before the server binds it (by another
+                    # process's outgoing connection, on a busy machine): start it again on new ports.
+                    if attempt == 2 or "Address already in use" not in self.servers[name].log_tail():
+                        raise
+                    tqdm.write(f"{name}: its port was taken meanwhile; starting it on other ports", file=sys.stderr)
+                    self.servers[name] = self._start(name)
         # Which processes each server is, as its log names them (the CPU table is per process).
         self.results["servers"] = {name: {"roles": s.roles()} for name, s in self.servers.items()}
+
+    def _start(self, name: str) -> ServerProcess:
+        if name == "echo":
+            return start_echo(name, self.logs)
+        return start_ours(name, self.logs, SERVERS[name])
 
     def session_ops(self) -> None:
         """Fork/export/import beside a Predict step, against ours, in a process of its own."""
