@@ -78,9 +78,12 @@ WORKDIR /app
 COPY bench/loadgen.py bench/latency.py bench/
 # SEQPREDICT_CHECKPOINT names the shipped checkpoint (package data) explicitly; point it at
 # a file under /data to serve another. The snapshot keeps sessions across restarts.
+# TMPDIR=/data: the supervisor makes a private folder for its engine's socket (mkdtemp), and
+# /tmp is closed above; without it the server cannot start ("No usable temporary directory").
 ENV PATH=/opt/seqpredict/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
+    TMPDIR=/data \
     SEQPREDICT_HOST=0.0.0.0 \
     SEQPREDICT_METRICS_HOST=0.0.0.0 \
     SEQPREDICT_CHECKPOINT=/opt/seqpredict/lib/python3.11/site-packages/seqpredict/models/shipped/shakespeare-lstm.pt \

@@ -101,7 +101,7 @@ test-fast: install ## the suite without the slow (process-level) tests
 	$(BIN)/pytest -q -m "not slow and not docker"
 
 # -s: the Docker tests print their progress (engine, base image, build steps, figures) as they go.
-test-docker: install docker-deps ## build and run the image and the compose stack on a private Docker engine (4-6 min cold)
+test-docker: install docker-deps ## build and run the image, the compose stack and its cluster profile on a private Docker engine (5-8 min)
 	$(BIN)/pytest -s -rs -p no:cacheprovider -m docker tests/docker
 
 train: install ## train a model into a new run folder models/runs/<time>/ (about an hour on 2 cores)

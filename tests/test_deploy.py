@@ -96,7 +96,8 @@ class ContainerLikeServer:
         assert checkpoint.endswith("/site-packages/" + SHIPPED), f"SEQPREDICT_CHECKPOINT={checkpoint!r}"
         out = {"HOME": str(tmp), "LANG": "C.UTF-8"}  # a container's environment is nearly empty
         for key, value in env.items():
-            out[key] = str(self.data / value.removeprefix("/data/")) if value.startswith("/data/") else value
+            inside = value == "/data" or value.startswith("/data/")
+            out[key] = str(self.data / value.removeprefix("/data").lstrip("/")) if inside else value
         out.update(
             SEQPREDICT_HOST="127.0.0.1",
             SEQPREDICT_METRICS_HOST="127.0.0.1",
@@ -500,6 +501,7 @@ def test_dockerfile_stages_are_what_the_stack_relies_on():
     assert env["PATH"].startswith("/opt/seqpredict/bin:")
     assert env["SEQPREDICT_CHECKPOINT"] == f"/opt/seqpredict/lib/python3.11/site-packages/{SHIPPED}"
     assert env["SEQPREDICT_SNAPSHOT_PATH"] == "/data/sessions.snapshot"
+    assert env["TMPDIR"] == "/data", "the supervisor's folder for its engine's socket: /data is all it may write"
     assert "/data" in runtime.one("VOLUME").split()
     assert exec_form(runtime.one("ENTRYPOINT")) == ["seqpredict-server"], "exec form: SIGTERM reaches the server"
     options, command = healthcheck_command(runtime.one("HEALTHCHECK"))

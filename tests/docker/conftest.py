@@ -16,7 +16,15 @@ import pytest
 
 from tests.deployfiles import ROOT
 from tests.docker.engine import Engine, EngineUnavailable, progress, start_engine
-from tests.docker.images import CACHE, IMAGE, build_image, ensure_base, ensure_prometheus, torch_cpu_wheel
+from tests.docker.images import (
+    CACHE,
+    IMAGE,
+    build_image,
+    ensure_base,
+    ensure_nginx_and_redis,
+    ensure_prometheus,
+    torch_cpu_wheel,
+)
 
 LOGS = CACHE / "logs"  # the last run's build and compose output, for a failure's details
 
@@ -99,4 +107,13 @@ def image(engine: Engine, base_image: str, summary: Summary) -> BuiltImage:
 def prometheus_image(engine: Engine, image: BuiltImage, summary: Summary, tmp_path_factory) -> str:
     how = ensure_prometheus(engine, tmp_path_factory.mktemp("prometheus"))
     summary.add(f"Prometheus image: {how}")
+    return how
+
+
+@pytest.fixture(scope="session")
+def cluster_images(engine: Engine, base_image: str, summary: Summary, tmp_path_factory) -> list[str]:
+    """The cluster profile's nginx and Redis images (images.py)."""
+    how = ensure_nginx_and_redis(engine, tmp_path_factory.mktemp("cluster-images"))
+    for line in how:
+        summary.add(f"cluster image: {line}")
     return how

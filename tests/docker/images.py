@@ -9,6 +9,9 @@ own files run unchanged:
   the host does, through whatever TLS proxy the host trusts.
 - Prometheus (`prom/prometheus:…`): Debian's prometheus binary on that base, laid out like the
   official image (entrypoint, user nobody, /prometheus).
+- nginx and Redis for the `cluster` profile (`nginx:1.22.1`, `redis:7.0.15`, the versions
+  bookworm ships): a second `mmdebstrap` of bookworm with nginx-light and redis-server, imported
+  once and given each image's command, user and folders.
 - the seqpredict image itself is always built from the repository, with torch's CPU wheel
   handed over in a wheel folder (`pip download --no-deps torch==2.13.0`, as `make install` gets
   it), never from an index that could serve the CUDA build.
@@ -72,32 +75,36 @@ def run_with_progress(
 
 
 # -- the Python base -------------------------------------------------------------------------------
-def standin_rootfs() -> Path:
-    """bookworm with python3 + venv as a tarball, made once and kept in the cache."""
-    tarball = CACHE / "standin-python3-bookworm.tar"
+def standin_rootfs(name: str = "python3", packages: str = STANDIN_PACKAGES, host_ca: bool = True) -> Path:
+    """bookworm with `packages` (python3 + venv by default) as a tarball, made once and kept in the cache.
+
+    `host_ca`: the host's CA bundle replaces the image's (needs ca-certificates among the packages).
+    """
+    tarball = CACHE / f"standin-{name}-bookworm.tar"
     if tarball.exists():
-        progress(f"stand-in base: reusing {tarball.relative_to(ROOT)} (delete it to rebuild)")
+        progress(f"stand-in {name}: reusing {tarball.relative_to(ROOT)} (delete it to rebuild)")
         return tarball
     mmdebstrap = shutil.which("mmdebstrap")
     if mmdebstrap is None:
-        raise EngineUnavailable("the base image cannot be pulled and mmdebstrap is missing (`make docker-deps`)")
+        raise EngineUnavailable(f"the {name} image cannot be pulled and mmdebstrap is missing (`make docker-deps`)")
     CACHE.mkdir(parents=True, exist_ok=True)
     partial = tarball.with_name("partial-" + tarball.name)  # mmdebstrap picks its output format by suffix
-    progress("stand-in base: mmdebstrap bookworm with python3 and venv (about a minute)")
+    progress(f"stand-in {name}: mmdebstrap bookworm with {packages} (about a minute)")
     argv = [
         mmdebstrap,
         "--variant=minbase",
-        f"--include={STANDIN_PACKAGES}",
+        f"--include={packages}",
         *(f"--dpkgopt=path-exclude=/usr/share/{d}/*" for d in ("doc", "man", "info", "locale")),
         # The host's CA bundle: pip in the image build reaches PyPI the way the host does.
-        "--customize-hook=upload /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt",
+        *(["--customize-hook=upload /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt"] * host_ca),
         '--customize-hook=rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*',
         "bookworm",
         str(partial),
     ]
-    code = run_with_progress(argv, CACHE / "mmdebstrap.log", re.compile(r"^I: (retrieving|installing|success)"), 900)
+    log = CACHE / f"mmdebstrap-{name}.log"
+    code = run_with_progress(argv, log, re.compile(r"^I: (retrieving|installing|success)"), 900)
     if code != 0:
-        raise AssertionError(f"mmdebstrap failed ({code}); see {CACHE / 'mmdebstrap.log'}")
+        raise AssertionError(f"mmdebstrap failed ({code}); see {log}")
     partial.rename(tarball)
     return tarball
 
@@ -184,3 +191,58 @@ def ensure_prometheus(engine: Engine, workdir: Path) -> str:
     done = subprocess.run([binary, "--version"], capture_output=True, text=True)
     version = ((done.stdout or done.stderr).splitlines() or ["prometheus"])[0].split(" (")[0]
     return f"{tag} stood in for by Debian's {version} (same entrypoint, user and /prometheus)"
+
+
+# -- nginx and Redis (the `cluster` profile) --------------------------------------------------------
+SERVICES_PACKAGES = "nginx-light,redis-server"
+SERVICES_BASE = "seqpredict-test/bookworm-nginx-redis:latest"  # never pushed; only on this engine
+# Laid out like the official images as far as the compose file relies on it: nginx in the
+# foreground with its logs on the container's stdout/stderr; Redis as its own user in /data.
+NGINX_DOCKERFILE = """\
+FROM {base}
+RUN ln -sf /dev/stdout /var/log/nginx/access.log && ln -sf /dev/stderr /var/log/nginx/error.log
+EXPOSE 80
+STOPSIGNAL SIGQUIT
+CMD ["nginx", "-g", "daemon off;"]
+"""
+REDIS_DOCKERFILE = """\
+FROM {base}
+RUN mkdir -p /data && chown redis:redis /data
+VOLUME /data
+WORKDIR /data
+USER redis
+EXPOSE 6379
+CMD ["redis-server"]
+"""
+
+
+def debian_version(engine: Engine, image: str, package: str) -> str:
+    done = engine.docker("run", "--rm", "--entrypoint=dpkg-query", image, "-W", "-f=${Version}", package)
+    return done.stdout.strip()
+
+
+def ensure_nginx_and_redis(engine: Engine, workdir: Path) -> list[str]:
+    """The cluster profile's nginx and Redis images, pulled or stood in for by Debian's packages."""
+    services = compose_config()["services"]
+    wanted = {"nginx": services["nginx"]["image"], "redis": services["redis"]["image"]}
+    missing = {name: tag for name, tag in wanted.items() if not pulled(engine, tag)}
+    how = [f"{tag} pulled" for name, tag in wanted.items() if name not in missing]
+    if not missing:
+        return how
+    tarball = standin_rootfs("nginx-redis", SERVICES_PACKAGES, host_ca=False)  # nothing in them makes TLS calls
+    engine.docker(
+        "import",
+        "--change=ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "--change=ENV LANG=C.UTF-8",
+        str(tarball),
+        SERVICES_BASE,
+    )
+    files = {"nginx": (NGINX_DOCKERFILE, "nginx-light"), "redis": (REDIS_DOCKERFILE, "redis-server")}
+    for name, tag in missing.items():
+        dockerfile, package = files[name]
+        context = workdir / f"{name}-image"
+        context.mkdir(parents=True, exist_ok=True)
+        (context / "Dockerfile").write_text(dockerfile.format(base=SERVICES_BASE))
+        engine.docker("build", "--force-rm", "-q", "-t", tag, str(context))
+        how.append(f"{tag} stood in for by Debian's {package} {debian_version(engine, tag, package)}")
+    return how
