@@ -318,3 +318,16 @@ def test_export_and_import_between_replicas_continue_bit_identically(tmp_path: P
     finally:
         one.kill()
         two.kill()
+
+
+def test_importing_a_session_over_itself_on_another_replica_with_force(pair: Replicas) -> None:
+    """Found by the state machine: the forced import of a session's own blob, on a replica that only
+    loaded it for the export, hung (its commit was refused and retried forever)."""
+    sid = unique_id("self-import")
+    predict(pair[0], sid, [80, 65, 71, 69])
+    exported = pair[1].stub().ExportSession(pb.ExportSessionRequest(session_id=sid), timeout=30)
+    request = pb.ImportSessionRequest(session_id=sid, blob=exported.blob, force=True)
+    info = pair[1].stub().ImportSession(request, timeout=30, metadata=(("x-session-id", sid),))
+    assert (info.position, info.incarnation) == (4, exported.session.incarnation)
+    continued = predict(pair[0], sid, [1], expected_position=4, expected_incarnation=info.incarnation)
+    assert not continued.HasField("error") and continued.position == 5, continued.error

@@ -201,7 +201,12 @@ class Durability:
             if retry and job.released == 0 and job.rewind():
                 continue
             job.done = True
-            failure = error if not retry else _moved(" after part of this request was answered")
+            if not retry:
+                failure = error
+            elif job.released:
+                failure = _moved(" after part of this request was answered")
+            else:
+                failure = _moved(f" each of the {job.rewinds + 1} times this request ran")
             out.append((job, failure))
             self.metrics.count_failure(job.kind, failure)
 

@@ -205,11 +205,15 @@ class SessionOps:
                 raise RequestFailed(
                     Code.ABORTED, f"session {session_id!r} is in the middle of a request; nothing changed, retry"
                 )
+            base = self.pool.base(slot)  # the stored version the replacement overwrites
             self.pool.release(session_id, "replaced")
+        else:
+            base = (0, 0)
         slot, _ = self.pool.acquire(session_id, self.pinned, self.now)
         self.pinned.add(slot)
         self.metrics.sessions_created.inc()
         self.pool.write_state(slot, tensors, position, incarnation)
+        self.pool.set_base(slot, *base)
         self.touched.add(session_id)
         return self.record(session_id)
 

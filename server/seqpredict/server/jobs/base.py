@@ -79,6 +79,10 @@ class StepOutput:
     sampled_log_probability: float = 0.0
 
 
+# Runs again on fresh state before giving up (ABORTED): two replicas racing for one session settle
+# within one or two; more means something keeps refusing its commit, and the client should know.
+MAX_REWINDS = 3
+
 # One C-level getter per job kind for its wire fields: built on first use.
 _GETTERS: dict[type, Callable[[Any], Any]] = {}
 
@@ -96,6 +100,7 @@ class Job:
     on_cancel: Callable[[Job], None] | None = None
     wire_id: int = 0  # a frontend's id for the job in the engine process
     released: int = 0  # answers of it that left the engine (counted where a shared store may withhold them)
+    rewinds: int = 0  # times it ran on a stale copy and was run again
 
     kind: ClassVar[str] = "session"  # the `kind` label of the request metrics
     per_session: ClassVar[bool] = True  # False: queued under a key of its own (ListSessions)
@@ -123,8 +128,9 @@ class Job:
     def rewind(self) -> bool:
         """Back to not started, to run again on the session's stored state (the copy it ran on was
         stale); False when it cannot be, because part of it was already answered."""
-        if self.released:
+        if self.released or self.rewinds >= MAX_REWINDS:
             return False
+        self.rewinds += 1
         self.started = self.done = self.created = False
         return True
 
