@@ -5,15 +5,20 @@ session to another replica, which takes it over from the store. Resending blindl
 tokens twice, so only a feed guarded by a known position and incarnation is resent: the server
 refuses the resend (FAILED_PRECONDITION) when the first attempt was applied, and the refusal's
 actual position says so. Feeds without such a guard are never resent. A proxy whose replica dies
-after the answer's headers left resets the call (CANCELLED), which the feed itself never does:
-that is as unknown an outcome as UNAVAILABLE.
+after the answer's headers left resets the call (CANCELLED or INTERNAL; the feed itself never
+cancels): that is as unknown an outcome as UNAVAILABLE.
 """
 
 from __future__ import annotations
 
-from seqpredict.client.errors import PositionMismatch, SeqpredictError
+from seqpredict.client.errors import Cancelled, PositionMismatch, SeqpredictError, ServerError, Unavailable
 from seqpredict.client.requests import FeedRequest, Guard
 from seqpredict.client.tracking import ABSENT
+
+# How a call ends when its replica died under it: UNAVAILABLE (refused, or the proxy's 502), CANCELLED
+# or INTERNAL (the proxy reset the stream after the answer's headers had left). A guarded resend is
+# safe whatever the cause, so a server's own INTERNAL is only resent a few times, then raised.
+CUT_OFF = (Unavailable, Cancelled, ServerError)
 
 # Waits before each resend (≈1.8 s in all): nginx takes a replica that failed out of its ring at
 # once, and the next replica loads the session from the store before running it.

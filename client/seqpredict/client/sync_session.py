@@ -15,11 +15,9 @@ import grpc
 
 from seqpredict.client.channel import routed
 from seqpredict.client.errors import (
-    Cancelled,
     NotFound,
     PositionMismatch,
     SeqpredictError,
-    Unavailable,
     from_rpc_error,
 )
 from seqpredict.client.generation import Generation
@@ -34,7 +32,7 @@ from seqpredict.client.requests import (
     only,
     predict_request,
 )
-from seqpredict.client.retrying import RETRY_DELAYS_S, applied_before, may_resend
+from seqpredict.client.retrying import CUT_OFF, RETRY_DELAYS_S, applied_before, may_resend
 from seqpredict.client.session_ops import end_request, get_request
 from seqpredict.client.types import ExportedSession, Prediction, SessionInfo
 from seqpredict.v1 import seqpredict_pb2 as pb
@@ -96,7 +94,7 @@ class Session(SessionHandle):
         for attempt in range(len(delays) + 1):
             try:
                 return self._result(self._predict_one(req), feed)
-            except (Unavailable, Cancelled) as exc:  # the call was cut off: its outcome is unknown
+            except CUT_OFF as exc:  # the call ended without its answer: its outcome is unknown
                 if attempt == len(delays):
                     raise
                 log.info("session %s: %s; sending the feed again", self.session_id, exc.message)
