@@ -89,9 +89,8 @@ def test_a_client_that_disconnects_mid_stream(
 ) -> None:
     """12 requests of 1000 tokens for one session are in flight when the client goes away: the
     server drops what it had not started and frees the stream, and the session's state is exactly
-    that of the tokens its position counts. (Today a request cancelled between its 512-token
-    prefill chunks stops half-way, e.g. at 1512; the position says so, which is what a client
-    resuming with expected_position relies on. See the report.)"""
+    that of the tokens its position counts. A request that had started is finished (never applied
+    in part), so the position is a whole number of requests."""
     stream = BystanderStream(server.stub(), bystanders)
     stream.round("before")
     session, requests, length = unique_id("gone"), 12, 1000
