@@ -70,15 +70,22 @@ class Supervisor:
         check_free("gRPC", settings.host, settings.port, "--port")
         check_free("metrics", settings.metrics_host, settings.metrics_port, "--metrics-port")
         grpc_options(settings)  # the descriptor limit, before anything slow
+        # A signal from here on is a drain: the first frontend serves (and reports SERVING) while
+        # the others are still starting, and a client may stop the server at once.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
         self._reserve_port()
         self._start_engine()
-        for index in range(1, settings.frontends + 1):
-            self._start_frontend(index)
+        # Before any frontend serves: whoever sees SERVING can also scrape the metrics.
         self.metrics_http = start_http(
             settings.metrics_host,
             settings.metrics_port,
             handler(self._metrics_urls, self._live, self._ready),
         )
+        for index in range(1, settings.frontends + 1):
+            if self._signals:
+                break  # stopping: serve() drains what has started
+            self._start_frontend(index)
         log.info(
             "serving on %s:%d with %d frontend process(es) and an engine process, metrics on http://%s:%d/metrics",
             settings.host,
@@ -138,8 +145,6 @@ class Supervisor:
     # -- serve ------------------------------------------------------------------------------------------
     def serve(self) -> int:
         """Until a signal or the engine's death; returns the exit status."""
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._on_signal)
         while True:
             assert self.engine is not None
             sentinels = [self.engine.sentinel, *(p.sentinel for p in self.frontends.values()), self._wake_r]
@@ -240,7 +245,7 @@ class Supervisor:
 
     def _ready(self) -> str | None:
         """Every frontend's /readyz answered 200: the first that says it is degraded, or ok."""
-        if not self._live():
+        if not self._live() or len(self.frontends) < self.settings.frontends:  # still starting, or one restarting
             return None
         bodies = [probe(f"http://127.0.0.1:{p}/readyz") for p in self.frontend_metrics.values()]
         if any(body is None for body in bodies):
