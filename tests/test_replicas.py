@@ -35,6 +35,7 @@ pytestmark = pytest.mark.slow
 
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE.value[0]
 FAILED_PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION.value[0]
+INVALID_ARGUMENT = grpc.StatusCode.INVALID_ARGUMENT.value[0]
 
 
 @pytest.fixture(scope="module")
@@ -163,6 +164,56 @@ def test_ended_on_one_replica_is_gone_on_the_other(pair: Replicas) -> None:
     with grpc.insecure_channel(pair[1].address) as channel, pytest.raises(grpc.RpcError) as refused:
         pair[1].stub(channel).GetSession(pb.GetSessionRequest(session_id=sid), metadata=(("x-session-id", sid),))
     assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_predict_many_on_a_replica_that_holds_none_of_its_sessions_takes_them_over(
+    pair: Replicas, checkpoint: Checkpoint
+) -> None:
+    """A message carrying many sessions has no routing key: whichever replica gets it loads what it lacks."""
+    model = checkpoint.build_model()
+    held, new = unique_id("many-held"), unique_id("many-new")
+    predict(pair[0], held, [1, 2])
+    message = pb.PredictManyRequest(
+        requests=[
+            pb.PredictRequest(session_id=held, tokens=[3], expected_position=2),
+            pb.PredictRequest(session_id=new, tokens=[7]),
+            pb.PredictRequest(session_id=held, tokens=[4]),
+        ]
+    )
+    with grpc.insecure_channel(pair[1].address) as channel:
+        (reply,) = list(pair[1].stub(channel).PredictMany(iter([message]), timeout=30))
+    first, created, second = reply.responses
+    check(model, [1, 2, 3], first, "held elsewhere, first request")
+    check(model, [7], created, "a new session")
+    check(model, [1, 2, 3, 4], second, "held elsewhere, second request")
+    check(model, [1, 2, 3, 4, 5], predict(pair[0], held, [5]), "back on the first replica")
+
+
+def test_a_routing_header_naming_another_session_is_refused(pair: Replicas) -> None:
+    """A proxy routes on the header: a call whose body names another session could reach the wrong replica."""
+    sid, other = unique_id("routed"), unique_id("other")
+    request = pb.PredictRequest(session_id=sid, tokens=[1])
+    with grpc.insecure_channel(pair[0].address) as channel:
+        stub = pair[0].stub(channel)
+        (answer,) = list(stub.Predict(iter([request]), timeout=30, metadata=(("x-session-id", other),)))
+        assert answer.error.code == INVALID_ARGUMENT and "x-session-id" in answer.error.message, answer
+        wrong = (("x-session-id", other),)
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.GetSession(pb.GetSessionRequest(session_id=sid), timeout=30, metadata=wrong)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, refused.value
+        with pytest.raises(grpc.RpcError) as refused:
+            list(stub.Generate(pb.GenerateRequest(session_id=sid, max_tokens=1), timeout=30, metadata=wrong))
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, refused.value
+    # nothing was applied, and the server goes on serving
+    assert predict(pair[0], sid, [1]).position == 1
+
+
+def test_a_stored_session_expires_after_the_idle_ttl(pair: Replicas, redis_server: RedisServer) -> None:
+    sid = unique_id("expiring")
+    predict(pair[0], sid, [1, 2])
+    (key,) = redis_server.cli("--scan", "--pattern", f"seqpredict:{{{sid}}}:*").split()
+    ttl_ms = int(redis_server.cli("pttl", key))
+    assert 0 < ttl_ms <= 3600 * 1000, f"{key}: pttl {ttl_ms} (the idle TTL is 1 h)"
 
 
 # -- the store unavailable -----------------------------------------------------------------------------------
