@@ -1,12 +1,12 @@
 """What a benchmark run measures: the full plan is the performance issues' list, the short one a quick check.
 
 The servers under test: the echo ceiling, ours with default settings ("ours", whatever
---frontends defaults to), ours as one process (--frontends 0), ours with two frontends, and
-ours unbatched (--max-batch-size 1). Every load spreads its streams over min(streams, 8)
-gRPC connections, for every server alike: SO_REUSEPORT balances *connections* over the
-frontends, so one connection would hide a second frontend entirely, and eight are enough to
-spread 16 or more sessions evenly over two. A few rows are also run on one connection, the
-shape of the runs before the process split, so they can be compared.
+--frontends defaults to: two frontends), ours as one process (--frontends 0), ours with one
+frontend (--frontends 1), and ours unbatched (--max-batch-size 1). Every load spreads its
+streams over min(streams, 8) gRPC connections, for every server alike: SO_REUSEPORT balances
+*connections* over the frontends, so one connection would hide a second frontend entirely,
+and eight are enough to spread 16 or more sessions evenly over two. A few rows are also run
+on one connection, the shape of the runs before the process split, so they can be compared.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from dataclasses import dataclass
 SERVERS: dict[str, list[str]] = {
     "ours": [],
     "ours-f0": ["--frontends", "0"],
-    "ours-f2": ["--frontends", "2"],
+    "ours-f1": ["--frontends", "1"],
     "unbatched": ["--max-batch-size", "1"],
 }
 # Ours in its three process shapes: what the frontend comparison and the CPU table are about.
-SHAPES = ("ours-f0", "ours", "ours-f2")
+SHAPES = ("ours-f0", "ours-f1", "ours")
 PINGPONG_SYSTEMS = ("echo", *SHAPES)
 # Connections a load spreads its streams over, at most (see the module docstring).
 MAX_CHANNELS = 8
@@ -142,8 +142,8 @@ def load_runs(plan: Plan, profile: bool) -> list[LoadRun]:
     runs += [load(plan, "ours", "generate", c) for c in plan.generate]
     for c in plan.multiplexed:
         systems = [*(("echo",) if plan.echo_multiplexed else ()), "ours", "ours-f0"]
-        if streams(plan, "multiplexed", c) > 1:  # on one stream (one connection) two frontends are one
-            systems.append("ours-f2")
+        if streams(plan, "multiplexed", c) > 1:  # on one stream (one connection) the default's frontends are one
+            systems.append("ours-f1")
         runs += [load(plan, s, "multiplexed", c) for s in systems]
     if profile:
         runs.append(load(plan, "ours", "pingpong", 64, profiled=True))

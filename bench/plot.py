@@ -1,7 +1,7 @@
 """bench.png: ours in its three process shapes next to the references, against the number of sessions C.
 
 Panels: single-token throughput and p99 latency — echo ceiling, ours with --frontends 0
-(one process), the default, --frontends 2, unbatched, multiplexed and the in-process model —
+(one process), --frontends 1, the default, unbatched, multiplexed and the in-process model —
 and CPU per token at each C, stacked by process (engine, frontends, supervisor, or the one
 process), the picture of where the time goes and which process a bigger machine needs more of.
 A fourth: issue 13's cluster rows (bench/cluster_report.py), tokens/s of each topology.
@@ -22,14 +22,14 @@ from targets import is_main
 STYLE = {
     "ours": ("tab:blue", "o", "ours, default"),
     "ours-f0": ("tab:cyan", "v", "ours, --frontends 0 (one process)"),
-    "ours-f2": ("tab:red", "s", "ours, --frontends 2"),
+    "ours-f1": ("tab:red", "s", "ours, --frontends 1"),
     "unbatched": ("tab:orange", "x", "ours, --max-batch-size 1"),
     "echo": ("tab:gray", "^", "echo ceiling (no model)"),
     "inprocess": ("tab:green", "D", "in-process model (no RPC)"),
     "multiplexed": ("tab:purple", "P", "ours, multiplexed"),
 }
 # CPU panel: the systems, and the process kinds stacked in each bar.
-CPU_SYSTEMS = (("echo", "echo"), ("ours-f0", "f0"), ("ours", "def."), ("ours-f2", "f2"))
+CPU_SYSTEMS = (("echo", "echo"), ("ours-f0", "f0"), ("ours-f1", "f1"), ("ours", "def."))
 KIND_COLORS = {
     "engine": "tab:green",
     "frontend": "tab:blue",
@@ -54,7 +54,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     fig, (ax_tps, ax_p99, ax_cpu, ax_cluster) = plt.subplots(1, 4, figsize=(23, 5.4))
     inproc = (results.get("inprocess") or {}).get("single", [])
     for key, ax, ylabel in (("tps", ax_tps, "tokens/s"), ("p99", ax_p99, "p99 per-token latency (ms)")):
-        for system in ("echo", "ours-f0", "ours", "ours-f2", "unbatched"):
+        for system in ("echo", "ours-f0", "ours-f1", "ours", "unbatched"):
             xs, ys = _series(results, system, "pingpong", key)
             if xs:
                 color, marker, label = STYLE[system]

@@ -61,7 +61,7 @@ HEADER = (
     "engine wall µs/token | errors |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 )
 # Table order: ours first, then its other shapes, then the references.
-ORDER = ("ours", "ours-f0", "ours-f2", "unbatched", "echo")
+ORDER = ("ours", "ours-f0", "ours-f1", "unbatched", "echo")
 
 
 def labels(results: dict[str, Any]) -> dict[str, str]:
@@ -71,7 +71,7 @@ def labels(results: dict[str, Any]) -> dict[str, str]:
     return {
         "ours": f"**ours** (default: --frontends {frontends})" if roles else "**ours**",
         "ours-f0": "ours, --frontends 0 (one process)",
-        "ours-f2": "ours, --frontends 2",
+        "ours-f1": "ours, --frontends 1",
         "unbatched": "unbatched (max batch 1)",
         "echo": "echo ceiling",
     }

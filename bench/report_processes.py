@@ -16,7 +16,7 @@ from targets import find_run, p50, tps
 
 __all__ = ["MAX_CHANNELS", "profiles_section", "sections"]
 
-SHAPE_LABELS = {"ours-f0": "--frontends 0", "ours": "default", "ours-f2": "--frontends 2"}
+SHAPE_LABELS = {"ours-f0": "--frontends 0", "ours-f1": "--frontends 1", "ours": "default"}
 CPU_SYSTEMS = ("echo", *SHAPES, "unbatched")
 CPU_KINDS = ("engine", "frontend", "supervisor", "server", "echo", "loadgen")
 SCALING_CORES = (8, 16)
@@ -35,22 +35,28 @@ def default_frontends(results: dict[str, Any]) -> int | None:
     return None if roles is None else len([r for r in roles if r.startswith("frontend-")])
 
 
+def _default_shape(results: dict[str, Any]) -> str:
+    """The default's frontend count as its log showed it, as " (--frontends N)"; "" when unknown."""
+    frontends = default_frontends(results)
+    return "" if frontends is None else f" (--frontends {frontends})"
+
+
 # -- --frontends 0 / 1 / 2 -------------------------------------------------------------------------------
 def shapes_table(results: dict[str, Any]) -> str:
     cs = sorted({r["sessions"] for r in results.get("runs", []) if r["mode"] == "pingpong"})
     rows = [
-        "| C | echo tokens/s | --frontends 0 | default | --frontends 2 | default ÷ f0 | f2 ÷ f0 | "
-        "p50 ms echo / f0 / default / f2 |",
+        "| C | echo tokens/s | --frontends 0 | --frontends 1 | default | f1 ÷ f0 | default ÷ f0 | "
+        "p50 ms echo / f0 / f1 / default |",
         "|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for c in cs:
         runs = {s: find_run(results, s, "pingpong", c) for s in ("echo", *SHAPES)}
         t = {s: tps(r) for s, r in runs.items()}
-        ratio = {s: (t[s] / t["ours-f0"] if t[s] and t["ours-f0"] else None) for s in ("ours", "ours-f2")}
+        ratio = {s: (t[s] / t["ours-f0"] if t[s] and t["ours-f0"] else None) for s in ("ours-f1", "ours")}
         lat = " / ".join(_ms(p50(runs[s])) for s in ("echo", *SHAPES))
         rows.append(
-            f"| {c} | {_num(t['echo'])} | {_num(t['ours-f0'])} | {_num(t['ours'])} | {_num(t['ours-f2'])} | "
-            f"{_num(ratio['ours'], 2)}× | {_num(ratio['ours-f2'], 2)}× | {lat} |"
+            f"| {c} | {_num(t['echo'])} | {_num(t['ours-f0'])} | {_num(t['ours-f1'])} | {_num(t['ours'])} | "
+            f"{_num(ratio['ours-f1'], 2)}× | {_num(ratio['ours'], 2)}× | {lat} |"
         )
     return "\n".join(rows)
 
@@ -111,9 +117,9 @@ def threads_table(results: dict[str, Any]) -> str:
 
 # -- the scaling model -----------------------------------------------------------------------------------
 def model_costs(results: dict[str, Any], c: int) -> tuple[str, scaling.Costs, float] | None:
-    """(system, costs with the clients elsewhere, the loadgen's µs/token) from the two-frontend run at C
-    (the multi-frontend shape), else the default's."""
-    for system in ("ours-f2", "ours"):
+    """(system, costs with the clients elsewhere, the loadgen's µs/token) from the default's run at C
+    (the multi-frontend shape), else the one-frontend run's."""
+    for system in ("ours", "ours-f1"):
         costs = (find_run(results, system, "pingpong", c) or {}).get("cpu_us_per_token") or {}
         if costs.get("engine") and costs.get("frontend"):
             model = scaling.Costs(costs["engine"], costs["frontend"], 0.0, costs.get("supervisor", 0.0))
@@ -150,7 +156,8 @@ def scaling_section(results: dict[str, Any]) -> list[str]:
             continue
         system, costs, client = found
         label = f"C={c} ({SHAPE_LABELS[system]}: engine {costs.engine:.0f}, frontends {costs.frontend:.0f} µs/token)"
-        measured_frontends = 2 if system == "ours-f2" else default_frontends(results) or 1
+        roles = find_run(results, system, "pingpong", c).get("roles") or {}
+        measured_frontends = len([r for r in roles if r.startswith("frontend-")]) or 1
         with_client = scaling.Costs(costs.engine, costs.frontend, client, costs.supervisor)
         here = scaling.predict(with_client, 2, measured_frontends)
         checks.append(
@@ -226,10 +233,10 @@ def session_ops_section(ops: dict[str, Any] | None) -> list[str]:
 # -- the whole ---------------------------------------------------------------------------------------------
 def sections(results: dict[str, Any]) -> list[str]:
     return [
-        "## Process shapes: --frontends 0, default, --frontends 2",
+        "## Process shapes: --frontends 0, --frontends 1, default",
         "",
-        "Single tokens, ping-pong, the same loads as above: one process (engine on a thread beside gRPC), the "
-        "default, and two frontends in front of the engine process.",
+        "Single tokens, ping-pong, the same loads as above: one process (engine on a thread beside gRPC), one "
+        f"frontend in front of the engine process, and the default{_default_shape(results)}.",
         "",
         shapes_table(results),
         "",

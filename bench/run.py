@@ -2,7 +2,7 @@
 `make bench-short`.
 
 The servers run side by side as child processes on free ports — ours with default settings,
-ours as one process (--frontends 0), ours with two frontends, ours with --max-batch-size 1
+ours as one process (--frontends 0), ours with one frontend, ours with --max-batch-size 1
 ("unbatched", the naive design) and the echo ceiling — and the load generator runs as a
 separate process against each, C by C, interleaved so the references see the same
 background load as ours. While a load runs, the CPU of every process (engine, frontends,

@@ -150,9 +150,9 @@ def _run(system: str, c: int, tokens_per_s: float, p50_ms: float = 1.0, **extra:
 
 
 def _results() -> dict[str, Any]:
-    f1_roles = {"supervisor": 1, "engine": 2, "frontend-1": 3}
+    default_roles = {"supervisor": 1, "engine": 2, "frontend-1": 3, "frontend-2": 4}
     return {
-        "servers": {"ours": {"roles": f1_roles}},
+        "servers": {"ours": {"roles": default_roles}},
         "runs": [
             _run("echo", 1, 5000.0, 0.2),
             _run(
@@ -160,18 +160,18 @@ def _results() -> dict[str, Any]:
                 1,
                 1100.0,
                 0.84,
-                roles=f1_roles,
+                roles=default_roles,
                 cpu_us_per_token={"engine": 370.0, "frontend": 350.0, "supervisor": 0.0, "loadgen": 300.0},
                 thread_us_per_token={"engine:zmq": 40.0, "frontend:zmq": 30.0, "engine:main": 300.0},
             ),
             _run("ours-f0", 1, 1400.0, 0.70, roles={"server": 9}, cpu_us_per_token={"server": 560.0}),
-            _run("ours", 64, 8300.0, roles=f1_roles),
-            _run("ours", 64, 1.0, roles=f1_roles, one_connection=True),
+            _run("ours", 64, 8300.0, roles=default_roles),
+            _run("ours", 64, 1.0, roles=default_roles, one_connection=True),
             _run("ours-f0", 64, 7300.0),
-            _run("ours-f2", 64, 7600.0),
-            _run("ours", 256, 6000.0, roles=f1_roles),
+            _run("ours-f1", 64, 7600.0),
+            _run("ours", 256, 6000.0, roles=default_roles),
             _run("ours-f0", 256, 6100.0),
-            _run("ours-f2", 256, 8100.0),
+            _run("ours-f1", 256, 8100.0),
         ],
         "inprocess": {
             "single": [
@@ -190,9 +190,11 @@ def test_the_default_shape_passes_when_within_tolerance_of_the_best_and_names_th
     found = {t.name: t for t in targets.evaluate(_results())}
     at64, at256 = found["Default process shape at C=64"], found["Default process shape at C=256"]
     assert at64.status == "PASS" and at64.ratio == 1.0
-    assert "default = --frontends 1; best: default" in at64.measured
+    assert at64.measured == (
+        "--frontends 0 7300, --frontends 1 7600, default (--frontends 2) 8300 tokens/s (best: default) → 1.00×"
+    )
     assert at256.status == "MISS" and at256.ratio == round(6000 / 8100, 3)
-    assert "best: --frontends 2" in at256.measured
+    assert "(best: --frontends 1)" in at256.measured
 
 
 def test_one_connection_and_profiled_runs_never_stand_for_the_main_row() -> None:
@@ -247,8 +249,10 @@ def test_the_report_renders_every_new_section_from_partial_results() -> None:
     text = report.render(results, targets.evaluate(results), "bench.png")
     for heading in ("Process shapes", "CPU per token, per process", "Scaling model", "Session operations"):
         assert f"## {heading}" in text
-    assert "**ours** (default: --frontends 1)" in text
-    assert "| 64 | **ours** (default: --frontends 1), 1 connection | 8 |" in text
+    assert "**ours** (default: --frontends 2)" in text
+    assert "| 64 | **ours** (default: --frontends 2), 1 connection | 8 |" in text
+    assert "## Process shapes: --frontends 0, --frontends 1, default" in text
+    assert "| 64 | — | 7,300 | 7,600 | 8,300 | 1.04× | 1.14× |" in text
 
 
 # -- the plan -------------------------------------------------------------------------------------------
@@ -259,9 +263,18 @@ def test_every_ping_pong_level_runs_echo_and_the_three_shapes_on_the_same_connec
         runs = [r for r in plan.load_runs(p, profile=False) if r.mode == "pingpong" and r.main]
         for c in p.pingpong:
             level = {r.system: r.channels for r in runs if r.sessions == c}
-            assert {"echo", "ours", "ours-f0", "ours-f2"} <= set(level)
+            assert {"echo", "ours", "ours-f0", "ours-f1"} <= set(level)
             assert set(level.values()) == {min(c, plan.MAX_CHANNELS)}
     assert any(r.one_connection and r.channels == 1 for r in plan.load_runs(plan.FULL, profile=False))
+
+
+def test_the_one_frontend_shape_joins_the_multiplexed_loads_that_spread_over_connections() -> None:
+    for p in (plan.FULL, plan.SHORT):
+        runs = [r for r in plan.load_runs(p, profile=False) if r.mode == "multiplexed"]
+        for c in p.multiplexed:
+            systems = {r.system for r in runs if r.sessions == c}
+            assert ("ours-f1" in systems) == (plan.streams(p, "multiplexed", c) > 1)
+            assert {"ours", "ours-f0"} <= systems
 
 
 def test_the_full_plan_fits_in_twenty_minutes_and_the_short_one_in_a_few() -> None:
