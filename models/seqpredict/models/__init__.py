@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 _HOMES = {
     "Checkpoint": "checkpoint",
-    "CheckpointError": "checkpoint",
+    "CheckpointError": "errors",
     "load_checkpoint": "checkpoint",
     "save_checkpoint": "checkpoint",
     "ModelConfig": "config",
@@ -24,8 +24,9 @@ _HOMES = {
 }
 
 if TYPE_CHECKING:
-    from seqpredict.models.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+    from seqpredict.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
     from seqpredict.models.config import ModelConfig
+    from seqpredict.models.errors import CheckpointError
     from seqpredict.models.network import CharRNN, State
     from seqpredict.models.stepper import FusedStepper
     from seqpredict.models.vocab import UnknownCharacterError, Vocabulary

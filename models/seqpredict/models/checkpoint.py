@@ -20,15 +20,12 @@ import torch
 
 from seqpredict.models.atomic import atomic_torch_save
 from seqpredict.models.config import ModelConfig
+from seqpredict.models.errors import CheckpointError
 from seqpredict.models.network import CharRNN
 from seqpredict.models.vocab import Vocabulary
 
 FORMAT_TAG = "seqpredict-checkpoint"
 FORMAT_VERSION = 1
-
-
-class CheckpointError(Exception):
-    """A file that cannot be served; the message is one line and names the file."""
 
 
 @dataclass

@@ -20,8 +20,8 @@ from dataclasses import fields
 from seqpredict.models import CheckpointError
 from seqpredict.server.config import ENV_PREFIX, Settings
 from seqpredict.server.envcheck import unknown_variables
+from seqpredict.server.errors import StartupError
 from seqpredict.server.logs import configure_logging
-from seqpredict.server.snapshotter import StartupError
 
 log = logging.getLogger("seqpredict.server")
 

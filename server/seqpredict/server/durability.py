@@ -34,8 +34,7 @@ from seqpredict.server.errors import Code, RequestFailed
 from seqpredict.server.jobs import Job
 from seqpredict.server.metrics import Metrics
 from seqpredict.server.ops import SessionOps
-from seqpredict.server.session_state import SessionState
-from seqpredict.server.sessions import SessionRecord
+from seqpredict.server.session_state import SessionRecord, SessionState
 from seqpredict.server.store import Commit, RedisStore, StoreUnavailable, Version
 
 log = logging.getLogger(__name__)

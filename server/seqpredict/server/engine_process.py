@@ -25,14 +25,13 @@ from seqpredict.models import CheckpointError
 from seqpredict.server.config import Settings
 from seqpredict.server.engine_loop import EngineLoop
 from seqpredict.server.engine_side import build_engine_side
+from seqpredict.server.errors import EXIT_SNAPSHOT_FAILED, StartupError
 from seqpredict.server.logs import configure_logging
 from seqpredict.server.metrics import Metrics
 from seqpredict.server.metrics_http import start_metrics_server
-from seqpredict.server.snapshotter import StartupError
 
 log = logging.getLogger("seqpredict.server.engine")
 
-EXIT_SNAPSHOT_FAILED = 1  # stopped as asked, but the sessions were not saved (final snapshot, or store commit)
 EXIT_BROKEN = 70  # the loop itself failed (EX_SOFTWARE)
 
 

@@ -69,3 +69,11 @@ GO_CODE_NAMES = {
 
 def code_name(code: int) -> str:
     return GO_CODE_NAMES.get(int(code), "Unknown")
+
+
+# The engine process stopped as asked, but the sessions were not saved (final snapshot, or store commit).
+EXIT_SNAPSHOT_FAILED = 1
+
+
+class StartupError(Exception):
+    """Something at start-up that must stop the server (exit 2), in one line."""

@@ -44,7 +44,7 @@ from seqpredict.server.model_card import ModelCard
 from seqpredict.server.paging import after_id, page_token
 from seqpredict.server.routing import check_route, routing_key
 from seqpredict.server.session_blob import BlobCodec
-from seqpredict.server.sessions import SessionRecord
+from seqpredict.server.session_state import SessionRecord
 from seqpredict.server.streams import DRAINED, END_OF_STREAM, OrderedAnswers, Unit, Window
 from seqpredict.server.validation import DEFAULT_TOP_K, Validator
 from seqpredict.v1 import seqpredict_pb2 as pb

@@ -23,7 +23,6 @@ import random
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -31,6 +30,7 @@ from sortedcontainers import SortedList
 from torch import Tensor
 
 from seqpredict.server.errors import Code, RequestFailed
+from seqpredict.server.session_state import SessionRecord
 
 log = logging.getLogger(__name__)
 
@@ -38,16 +38,6 @@ State = tuple[Tensor, ...]
 
 
 NO_INCARNATION = 0  # what a session that does not exist has
-
-
-@dataclass(frozen=True)
-class SessionRecord:
-    session_id: str
-    position: int
-    incarnation: int
-    created_at: float  # unix seconds
-    last_used_at: float
-    expires_at: float
 
 
 class SessionPool:

@@ -19,16 +19,13 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+from seqpredict.server.errors import StartupError
 from seqpredict.server.metrics import Metrics
 from seqpredict.server.sessions import SessionPool
 from seqpredict.server.snapshot import NotASnapshot, Snapshot, SnapshotError, capture, read, restore, stale_temporaries
 from seqpredict.server.snapshot import write as write_file
 
 log = logging.getLogger(__name__)
-
-
-class StartupError(Exception):
-    """Something at start-up that must stop the server (exit 2), in one line."""
 
 
 def _identity(path: Path) -> tuple[int, int] | None:

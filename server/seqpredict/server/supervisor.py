@@ -31,13 +31,13 @@ from multiprocessing.process import BaseProcess
 
 import zmq
 
-from seqpredict.server import engine_process, frontend
+from seqpredict.server import frontend
 from seqpredict.server.aggregate import handler, probe
 from seqpredict.server.config import Settings
+from seqpredict.server.errors import EXIT_SNAPSHOT_FAILED, StartupError
 from seqpredict.server.metrics_http import start_http
 from seqpredict.server.model_card import ModelCard
 from seqpredict.server.ports import check_free
-from seqpredict.server.snapshotter import StartupError
 from seqpredict.server.transport import grpc_options
 from seqpredict.server.wire import ENCODER, ToEngine
 
@@ -45,6 +45,13 @@ log = logging.getLogger("seqpredict.server.supervisor")
 
 START_TIMEOUT_S = 300.0  # loading a checkpoint and restoring a million-session snapshot take a while
 RESTARTS_PER_MINUTE = 5
+
+
+def _run_engine(*args: object) -> None:
+    """The engine process's entry point, imported only there: the supervisor never loads torch."""
+    from seqpredict.server import engine_process
+
+    engine_process.main(*args)  # type: ignore[arg-type]
 
 
 class Supervisor:
@@ -82,10 +89,8 @@ class Supervisor:
             settings.metrics_port,
             handler(self._metrics_urls, self._live, self._ready),
         )
-        for index in range(1, settings.frontends + 1):
-            if self._signals:
-                break  # stopping: serve() drains what has started
-            self._start_frontend(index)
+        if not self._signals:  # stopping already: serve() drains what has started
+            self._start_frontends(range(1, settings.frontends + 1))
         log.info(
             "serving on %s:%d with %d frontend process(es) and an engine process, metrics on http://%s:%d/metrics",
             settings.host,
@@ -106,7 +111,7 @@ class Supervisor:
     def _start_engine(self) -> None:
         parent, child = self.ctx.Pipe(duplex=False)
         self.engine = self.ctx.Process(
-            target=engine_process.main, args=(self.settings, self.endpoint, child), name="seqpredict-engine"
+            target=_run_engine, args=(self.settings, self.endpoint, child), name="seqpredict-engine"
         )
         self.engine.start()
         child.close()
@@ -114,16 +119,21 @@ class Supervisor:
         _, self.card, self.engine_metrics = message
         log.info("engine process ready (pid %d)", self.engine.pid)
 
-    def _start_frontend(self, index: int) -> None:
+    def _start_frontends(self, indices: range | list[int]) -> None:
+        """Start the frontends at once (each imports gRPC on its own core), then wait for each."""
         assert self.engine is not None and self.card is not None
-        parent, child = self.ctx.Pipe(duplex=False)
-        args = (self.settings, self.card, self.endpoint, self.engine.pid, index, self.port, child)
-        process = self.ctx.Process(target=frontend.main, args=args, name=f"seqpredict-frontend-{index}")
-        process.start()
-        child.close()
-        _, self.frontend_metrics[index] = self._await_ready(parent, process, f"frontend {index}")
-        self.frontends[index] = process
-        log.info("frontend %d ready (pid %d)", index, process.pid)
+        pipes = {}
+        for index in indices:
+            parent, child = self.ctx.Pipe(duplex=False)
+            args = (self.settings, self.card, self.endpoint, self.engine.pid, index, self.port, child)
+            process = self.ctx.Process(target=frontend.main, args=args, name=f"seqpredict-frontend-{index}")
+            process.start()
+            child.close()
+            self.frontends[index], pipes[index] = process, parent  # known at once, so a failure kills it
+        for index, parent in pipes.items():
+            process = self.frontends[index]
+            _, self.frontend_metrics[index] = self._await_ready(parent, process, f"frontend {index}")
+            log.info("frontend %d ready (pid %d)", index, process.pid)
 
     def _await_ready(self, conn: Connection, process: BaseProcess, what: str) -> tuple:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -163,7 +173,7 @@ class Supervisor:
                         self._stop_engine()
                         return 1
                     log.error("frontend %d exited (status %s): starting it again", index, process.exitcode)
-                    self._start_frontend(index)
+                    self._start_frontends([index])
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self._signals += 1
@@ -185,7 +195,7 @@ class Supervisor:
         self._stop_frontends(grace=self.settings.grace_s + 10)
         status = self._stop_engine()
         self.close()
-        if status == engine_process.EXIT_SNAPSHOT_FAILED:
+        if status == EXIT_SNAPSHOT_FAILED:
             log.error("exiting with status 1: the final snapshot was not written")
         elif status != 0:
             log.error("exiting with status 1: the engine stopped with status %d", status)
@@ -245,7 +255,8 @@ class Supervisor:
 
     def _ready(self) -> str | None:
         """Every frontend's /readyz answered 200: the first that says it is degraded, or ok."""
-        if not self._live() or len(self.frontends) < self.settings.frontends:  # still starting, or one restarting
+        # Not while one is still starting, or restarting.
+        if not self._live() or len(self.frontend_metrics) < self.settings.frontends:
             return None
         bodies = [probe(f"http://127.0.0.1:{p}/readyz") for p in self.frontend_metrics.values()]
         if any(body is None for body in bodies):

@@ -24,13 +24,13 @@ from grpc_reflection.v1alpha import reflection
 from seqpredict.models import Vocabulary
 from seqpredict.server.admission import HARD_LIMIT_FACTOR, Admission
 from seqpredict.server.config import Settings
+from seqpredict.server.errors import StartupError
 from seqpredict.server.handle import EngineHandle
 from seqpredict.server.interceptor import RpcGuard
 from seqpredict.server.metrics import Metrics
 from seqpredict.server.model_card import ModelCard
 from seqpredict.server.ports import check_free
 from seqpredict.server.service import SequencePredictorService, build_model_info
-from seqpredict.server.snapshotter import StartupError
 from seqpredict.server.streams import Window
 from seqpredict.server.validation import Validator
 from seqpredict.server.watchdog import Watchdog

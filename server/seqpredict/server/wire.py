@@ -26,8 +26,7 @@ from seqpredict.server.jobs import (
     PredictJob,
     PredictResult,
 )
-from seqpredict.server.session_state import SessionState
-from seqpredict.server.sessions import SessionRecord
+from seqpredict.server.session_state import SessionRecord, SessionState
 
 KINDS: dict[str, type[Job]] = {
     cls.__name__: cls

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 from seqpredict.server.jobs.session import FutureJob
-from seqpredict.server.sessions import SessionRecord
+from seqpredict.server.session_state import SessionRecord
 
 if TYPE_CHECKING:
     from seqpredict.server.ops import SessionOps

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from seqpredict.server.errors import RequestFailed
 from seqpredict.server.jobs.base import Job
-from seqpredict.server.sessions import SessionRecord
+from seqpredict.server.session_state import SessionRecord
 
 if TYPE_CHECKING:
     from seqpredict.server.ops import SessionOps

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from seqpredict.server.jobs.session import FutureJob
-from seqpredict.server.session_state import SessionState
-from seqpredict.server.sessions import SessionRecord
+from seqpredict.server.session_state import SessionRecord, SessionState
 
 if TYPE_CHECKING:
     from seqpredict.server.ops import SessionOps
