@@ -56,7 +56,7 @@ from targets import median_tps  # noqa: E402
 from seqpredict.v1 import seqpredict_pb2 as pb  # noqa: E402
 from seqpredict.v1 import seqpredict_pb2_grpc as pb_grpc  # noqa: E402
 from tests.cluster.nginx_conf import running_nginx  # noqa: E402
-from tests.cluster.replicas import REDIS, RedisServer, Replicas  # noqa: E402
+from tests.cluster.replicas import REDIS, REPLICA_SHAPE, RedisServer, Replicas  # noqa: E402
 
 ROUTING = "x-session-id"
 # Issue 13's goals.
@@ -217,7 +217,7 @@ def replica_set(work_dir: Path, count: int, store_url: str | None, durability: s
         replicas = Replicas(work_dir, store_url, durability or "sync")
     else:  # Replicas always passes a store; without one, the same replicas with only the drain grace
         replicas = Replicas(work_dir, "", "off")
-        replicas.args = ("--grace-s", "10")
+        replicas.args = (*REPLICA_SHAPE, "--grace-s", "10")
     try:
         replicas.add(count)
         yield replicas

@@ -2,8 +2,8 @@
 
 The server comes in both shapes the product has: one process (`RunningServer`: in this
 process, on its own event loop thread; tests may look inside it) and the default shape —
-an engine process behind a gRPC frontend process under a supervisor (`ProcessServer`: a
-child process, seen only from outside). The shared `server` and `limited` fixtures run
+an engine process behind two gRPC frontend processes under a supervisor (`ProcessServer`:
+a child process, seen only from outside). The shared `server` and `limited` fixtures run
 every test that uses them against both.
 """
 
@@ -68,7 +68,7 @@ class RunningServer:
 class ProcessServer:
     """The multi-process server (supervisor, engine process, frontends) as a child process."""
 
-    def __init__(self, frontends: int = 1, **overrides: Any) -> None:
+    def __init__(self, frontends: int = 2, **overrides: Any) -> None:
         self.dir = tempfile.mkdtemp(prefix="seqpredict-test-")
         flags = [f"--frontends={frontends}", *_flags(overrides)]
         self.settings = Settings(port=0, metrics_port=0, **overrides)  # what it was started with

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -79,10 +80,19 @@ class ServerProcess:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
-            if self.health(timeout=0.5) == health_pb2.HealthCheckResponse.SERVING:
+            # gRPC SERVING comes from whichever frontend answers; /readyz only once every process is up.
+            if self.health(timeout=0.5) == health_pb2.HealthCheckResponse.SERVING and self.ready():
                 return
             time.sleep(0.1)
         raise TimeoutError(f"server not SERVING after {timeout}s:\n{self.log()}")
+
+    def ready(self) -> bool:
+        """/readyz on the metrics port answers 200 (every process of the server is up)."""
+        try:
+            with urllib.request.urlopen(self.metrics_url.replace("/metrics", "/readyz"), timeout=2) as response:
+                return response.status == 200
+        except OSError:
+            return False
 
     def stub(self, channel: grpc.Channel | None = None) -> pb_grpc.SequencePredictorStub:
         return pb_grpc.SequencePredictorStub(channel or grpc.insecure_channel(self.address))

@@ -3,6 +3,7 @@ the clients already connected keep being served, and metrics and /readyz answer 
 
 from __future__ import annotations
 
+import queue
 import socket
 import threading
 import time
@@ -34,8 +35,8 @@ def http_get(url: str) -> int:
 def test_at_the_connection_limit_connected_clients_metrics_and_readyz_keep_answering(tmp_path) -> None:
     """20 connections that never say a word against a limit of 8: they are refused beyond the limit
     and closed after the handshake timeout; meanwhile the client connected before them is served,
-    and the metrics port answers /metrics and /readyz."""
-    server = ServerProcess(tmp_path / "server.log", "--max-connections", "8")
+    and the metrics port answers /metrics and /readyz. One frontend: the limit is per frontend."""
+    server = ServerProcess(tmp_path / "server.log", "--max-connections", "8", "--frontends", "1")
     early = grpc.insecure_channel(server.address, OWN_CONNECTION)
     squatters: list[socket.socket] = []
     try:
@@ -85,5 +86,91 @@ def test_a_connection_with_no_calls_is_closed_after_the_idle_timeout(tmp_path) -
             assert check(channel) == SERVING
             assert idle.wait(30), f"the server never closed the idle connection: {states}"
             assert check(channel) == SERVING, "a client simply reconnects"
+    finally:
+        server.kill()
+
+
+def test_with_two_frontends_each_one_holds_its_own_connection_limit(tmp_path) -> None:
+    """The limit is per frontend process (each has its own descriptors), as nginx's
+    worker_connections is per worker: 24 connections against a limit of 4 on two frontends get
+    at least 4 and at most 8 through; the rest are refused, and the metrics port still answers."""
+    server = ServerProcess(tmp_path / "server.log", "--max-connections", "4", "--frontends", "2")
+    channels = [grpc.insecure_channel(server.address, OWN_CONNECTION) for _ in range(24)]
+    try:
+        served = 0
+        for channel in channels:
+            try:
+                check(channel)
+                served += 1
+            except grpc.RpcError as err:
+                assert err.code() == grpc.StatusCode.UNAVAILABLE
+        assert 4 <= served <= 8, f"{served} connections were served against 4 per frontend on 2 frontends"
+        assert http_get(server.metrics_url.replace("/metrics", "/readyz")) == 200
+    finally:
+        for channel in channels:
+            channel.close()
+        server.kill()
+
+
+def test_a_connection_past_its_maximum_age_is_asked_to_reconnect_and_its_open_call_finishes(tmp_path) -> None:
+    """--max-connection-age-s: after it the server sends GOAWAY; a stream open on the old
+    connection goes on within the grace period, and the client's next calls use a new connection."""
+    server = ServerProcess(tmp_path / "server.log", "--max-connection-age-s", "1", "--grace-s", "30")
+    states: list[grpc.ChannelConnectivity] = []
+    reconnected = threading.Event()
+
+    def seen(state: grpc.ChannelConnectivity) -> None:
+        states.append(state)
+        if state != grpc.ChannelConnectivity.READY and grpc.ChannelConnectivity.READY in states:
+            reconnected.set()
+
+    try:
+        with grpc.insecure_channel(server.address, OWN_CONNECTION) as channel:
+            channel.subscribe(seen, try_to_connect=False)
+            stub = pb_grpc.SequencePredictorStub(channel)
+            requests: queue.Queue[pb.PredictRequest | None] = queue.Queue()
+            answers = stub.Predict(iter(requests.get, None), timeout=60)
+            positions = []
+            for _ in range(8):  # 4 s on one stream, across the 1 s age
+                requests.put(pb.PredictRequest(session_id="aged", text="a"))
+                positions.append(next(answers).position)
+                time.sleep(0.5)
+            requests.put(None)
+            assert list(answers) == []
+            assert positions == list(range(1, 9)), "the stream open at the age limit was served to its end"
+            assert reconnected.wait(30), f"the server never asked the client to reconnect: {states}"
+            assert check(channel) == SERVING, "a client simply reconnects"
+    finally:
+        server.kill()
+
+
+def test_a_client_that_pings_too_often_is_sent_goaway_and_others_are_served(tmp_path) -> None:
+    """Keepalive is enforced: pings without data more often than every 10 s earn GOAWAY after two
+    strikes (the connection closes); a well-behaved client on its own connection is unaffected."""
+    server = ServerProcess(tmp_path / "server.log")
+    pinger_options = [
+        *OWN_CONNECTION,
+        ("grpc.keepalive_time_ms", 500),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+    states: list[grpc.ChannelConnectivity] = []
+    closed = threading.Event()
+
+    def seen(state: grpc.ChannelConnectivity) -> None:
+        states.append(state)
+        if state != grpc.ChannelConnectivity.READY and grpc.ChannelConnectivity.READY in states:
+            closed.set()
+
+    try:
+        with (
+            grpc.insecure_channel(server.address, OWN_CONNECTION) as calm,
+            grpc.insecure_channel(server.address, pinger_options) as pinger,
+        ):
+            assert check(calm) == SERVING
+            pinger.subscribe(seen, try_to_connect=False)
+            assert check(pinger) == SERVING
+            assert closed.wait(30), f"the pinging client was never sent GOAWAY: {states}"
+            assert check(calm) == SERVING, "the well-behaved client's connection is untouched"
     finally:
         server.kill()

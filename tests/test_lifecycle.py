@@ -246,8 +246,9 @@ def test_a_bad_setting_stops_the_server_with_a_message_naming_it(tmp_path, env, 
 
 
 def test_stream_limit_frees_up_when_calls_end(tmp_path):
-    """A refused call is not a leak: once calls end, new ones are admitted again."""
-    server = ServerProcess(tmp_path / "server.log", "--max-streams", "2")
+    """A refused call is not a leak: once calls end, new ones are admitted again. (One frontend:
+    the limit is per frontend process, and connections spread over frontends by a hash.)"""
+    server = ServerProcess(tmp_path / "server.log", "--max-streams", "2", "--frontends", "1")
     try:
         streams = [OpenStream(server.stub()) for _ in range(2)]
         for i, s in enumerate(streams):

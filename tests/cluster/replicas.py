@@ -79,12 +79,17 @@ class RedisServer:
         return path.read_text(errors="replace")[-2000:] if path.exists() else ""
 
 
+# Each replica runs one frontend: what these replicas test is the store and the routing, and three
+# replicas of the default shape (supervisor, engine, two frontends) are twelve processes on two cores.
+REPLICA_SHAPE = ("--frontends", "1")
+
+
 class Replicas:
     """Replicas of the server sharing one store, each a ServerProcess of its own (supervisor, engine, frontend)."""
 
     def __init__(self, tmp: Path, store_url: str, durability: str, *extra: str) -> None:
         self.tmp = tmp
-        self.args = ("--state-store", store_url, "--durability", durability, "--grace-s", "10", *extra)
+        self.args = (*REPLICA_SHAPE, "--state-store", store_url, "--durability", durability, "--grace-s", "10", *extra)
         self.replicas: list[ServerProcess] = []
         self._started = 0
 

@@ -17,6 +17,7 @@ import pytest
 from seqpredict.v1 import seqpredict_pb2 as pb
 from seqpredict.v1 import seqpredict_pb2_grpc as pb_grpc
 from tests.cluster.nginx_conf import NGINX_CONF, nginx_binary, render_nginx_conf, running_nginx
+from tests.cluster.replicas import REPLICA_SHAPE
 from tests.serverproc import ServerProcess
 
 FAILOVER_BOUND_S = 2.0  # issue 13's goal for the first answer of an affected session
@@ -65,7 +66,7 @@ def holder(replicas: list[ServerProcess], session: str) -> list[int]:
 
 @pytest.mark.slow
 def test_sessions_stick_to_one_replica_and_move_at_once_when_it_is_killed(tmp_path: Path) -> None:
-    replicas = [ServerProcess(tmp_path / f"replica-{n}.log", wait=False) for n in (1, 2, 3)]
+    replicas = [ServerProcess(tmp_path / f"replica-{n}.log", *REPLICA_SHAPE, wait=False) for n in (1, 2, 3)]
     try:
         for replica in replicas:
             replica.wait_serving()

@@ -53,9 +53,10 @@ class Settings:
     checkpoint: str = dataclasses.field(default_factory=default_checkpoint, metadata=_meta("checkpoint file to serve"))
 
     # Processes: the engine (model, sessions) in its own process, gRPC in `frontends` processes in
-    # front of it (one per core that is not the engine's); 0 runs everything in one process.
+    # front of it; 0 runs everything in one process. Two measured best on two cores from 64 sessions
+    # up (bench/RESULTS.md); connection and stream limits apply per frontend, like nginx's per worker.
     frontends: int = dataclasses.field(
-        default=1,
+        default=2,
         metadata=_meta("gRPC frontend processes in front of the engine process (0: one process for everything)"),
     )
 
@@ -88,7 +89,9 @@ class Settings:
     max_tokens_per_request: int = dataclasses.field(default=8192, metadata=_meta("tokens in one request"))
     max_generate_tokens: int = dataclasses.field(default=4096, metadata=_meta("tokens one Generate may produce"))
     max_message_bytes: int = dataclasses.field(default=4 * 1024 * 1024, metadata=_meta("largest request message"))
-    max_streams: int = dataclasses.field(default=4096, metadata=_meta("concurrent RPCs before RESOURCE_EXHAUSTED"))
+    max_streams: int = dataclasses.field(
+        default=4096, metadata=_meta("concurrent RPCs before RESOURCE_EXHAUSTED, per frontend process")
+    )
     max_answer_bytes: int = dataclasses.field(
         default=64 * 1024 * 1024,
         metadata=_meta("largest answer sent, to clients that declare a receive limit at least this large"),
@@ -104,7 +107,7 @@ class Settings:
 
     # Connections: bounded, so idle or half-open ones cannot use up file descriptors.
     max_connections: int = dataclasses.field(
-        default=1024, metadata=_meta("open gRPC connections; more are refused until some close")
+        default=1024, metadata=_meta("open gRPC connections per frontend process; more are refused until some close")
     )
     max_connection_idle_s: float = dataclasses.field(
         default=300.0, metadata=_meta("close a connection with no calls after this long (0: never)")
