@@ -32,6 +32,21 @@ def http_get(url: str) -> int:
         return response.status
 
 
+class ConnectionWatch:
+    """The channel's states as gRPC reports them; `lost` is set once a connection that was READY
+    is gone (closed by the server: idle timeout, GOAWAY)."""
+
+    def __init__(self, channel: grpc.Channel) -> None:
+        self.states: list[grpc.ChannelConnectivity] = []
+        self.lost = threading.Event()
+        channel.subscribe(self._seen, try_to_connect=False)
+
+    def _seen(self, state: grpc.ChannelConnectivity) -> None:
+        self.states.append(state)
+        if state != grpc.ChannelConnectivity.READY and grpc.ChannelConnectivity.READY in self.states:
+            self.lost.set()
+
+
 def test_at_the_connection_limit_connected_clients_metrics_and_readyz_keep_answering(tmp_path) -> None:
     """20 connections that never say a word against a limit of 8: they are refused beyond the limit
     and closed after the handshake timeout; meanwhile the client connected before them is served,
@@ -72,19 +87,11 @@ def test_at_the_connection_limit_connected_clients_metrics_and_readyz_keep_answe
 
 def test_a_connection_with_no_calls_is_closed_after_the_idle_timeout(tmp_path) -> None:
     server = ServerProcess(tmp_path / "server.log", "--max-connection-idle-s", "1")
-    states: list[grpc.ChannelConnectivity] = []
-    idle = threading.Event()
-
-    def seen(state: grpc.ChannelConnectivity) -> None:
-        states.append(state)
-        if state == grpc.ChannelConnectivity.IDLE and grpc.ChannelConnectivity.READY in states:
-            idle.set()
-
     try:
         with grpc.insecure_channel(server.address, OWN_CONNECTION) as channel:
-            channel.subscribe(seen, try_to_connect=False)
+            watch = ConnectionWatch(channel)
             assert check(channel) == SERVING
-            assert idle.wait(30), f"the server never closed the idle connection: {states}"
+            assert watch.lost.wait(30), f"the server never closed the idle connection: {watch.states}"
             assert check(channel) == SERVING, "a client simply reconnects"
     finally:
         server.kill()
@@ -116,17 +123,9 @@ def test_a_connection_past_its_maximum_age_is_asked_to_reconnect_and_its_open_ca
     """--max-connection-age-s: after it the server sends GOAWAY; a stream open on the old
     connection goes on within the grace period, and the client's next calls use a new connection."""
     server = ServerProcess(tmp_path / "server.log", "--max-connection-age-s", "1", "--grace-s", "30")
-    states: list[grpc.ChannelConnectivity] = []
-    reconnected = threading.Event()
-
-    def seen(state: grpc.ChannelConnectivity) -> None:
-        states.append(state)
-        if state != grpc.ChannelConnectivity.READY and grpc.ChannelConnectivity.READY in states:
-            reconnected.set()
-
     try:
         with grpc.insecure_channel(server.address, OWN_CONNECTION) as channel:
-            channel.subscribe(seen, try_to_connect=False)
+            watch = ConnectionWatch(channel)
             stub = pb_grpc.SequencePredictorStub(channel)
             requests: queue.Queue[pb.PredictRequest | None] = queue.Queue()
             answers = stub.Predict(iter(requests.get, None), timeout=60)
@@ -138,7 +137,7 @@ def test_a_connection_past_its_maximum_age_is_asked_to_reconnect_and_its_open_ca
             requests.put(None)
             assert list(answers) == []
             assert positions == list(range(1, 9)), "the stream open at the age limit was served to its end"
-            assert reconnected.wait(30), f"the server never asked the client to reconnect: {states}"
+            assert watch.lost.wait(30), f"the server never asked the client to reconnect: {watch.states}"
             assert check(channel) == SERVING, "a client simply reconnects"
     finally:
         server.kill()
@@ -154,23 +153,15 @@ def test_a_client_that_pings_too_often_is_sent_goaway_and_others_are_served(tmp_
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
     ]
-    states: list[grpc.ChannelConnectivity] = []
-    closed = threading.Event()
-
-    def seen(state: grpc.ChannelConnectivity) -> None:
-        states.append(state)
-        if state != grpc.ChannelConnectivity.READY and grpc.ChannelConnectivity.READY in states:
-            closed.set()
-
     try:
         with (
             grpc.insecure_channel(server.address, OWN_CONNECTION) as calm,
             grpc.insecure_channel(server.address, pinger_options) as pinger,
         ):
             assert check(calm) == SERVING
-            pinger.subscribe(seen, try_to_connect=False)
+            watch = ConnectionWatch(pinger)
             assert check(pinger) == SERVING
-            assert closed.wait(30), f"the pinging client was never sent GOAWAY: {states}"
+            assert watch.lost.wait(30), f"the pinging client was never sent GOAWAY: {watch.states}"
             assert check(calm) == SERVING, "the well-behaved client's connection is untouched"
     finally:
         server.kill()
