@@ -157,6 +157,9 @@ def test_replicas_are_the_compose_cluster_image_with_its_settings() -> None:
     env, compose_env = env_of(server), dict(replica["environment"])
     store = urlsplit(env.pop("SEQPREDICT_STATE_STORE"))
     compose_store = urlsplit(compose_env.pop("SEQPREDICT_STATE_STORE"))
+    # Compose runs three replicas on one host, one frontend each; a pod has up to two cores of its own
+    # and keeps the default (two).
+    assert compose_env.pop("SEQPREDICT_FRONTENDS") == "1" and "SEQPREDICT_FRONTENDS" not in env
     assert env == compose_env  # durability sync, no snapshot, the drain, the ports
     assert env["SEQPREDICT_DURABILITY"] == "sync" and env["SEQPREDICT_SNAPSHOT_PATH"] == ""
     # The same Redis URL but for the host, which is the Redis Service here.
