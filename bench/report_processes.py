@@ -64,7 +64,8 @@ def shapes_table(results: dict[str, Any]) -> str:
 # -- CPU per token per process ---------------------------------------------------------------------------
 def _balance(run: dict[str, Any]) -> str:
     """How the frontends shared the work: each one's share of the frontends' CPU."""
-    cpu = {k: v for k, v in (run.get("window_cpu_s") or {}).items() if k.startswith("frontend-")}
+    # Whole processes only: "frontend-1", not its threads ("frontend-1:main", ...).
+    cpu = {k: v for k, v in (run.get("window_cpu_s") or {}).items() if k.startswith("frontend-") and ":" not in k}
     total = sum(cpu.values())
     if len(cpu) < 2 or total <= 0:
         return ""

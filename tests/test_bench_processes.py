@@ -24,6 +24,7 @@ import cpu  # noqa: E402
 import plan  # noqa: E402
 import procs  # noqa: E402
 import report  # noqa: E402
+import report_processes  # noqa: E402
 import scaling  # noqa: E402
 import targets  # noqa: E402
 
@@ -105,6 +106,21 @@ def test_cpu_per_token_sums_the_frontends_and_keeps_threads_apart() -> None:
 
 
 # -- the scaling model ----------------------------------------------------------------------------------
+
+
+def test_frontend_shares_are_of_whole_frontends_not_of_their_threads() -> None:
+    run = {
+        "window_cpu_s": {
+            "engine": 5.0,
+            "frontend-1": 3.0,
+            "frontend-1:main": 2.0,
+            "frontend-1:grpc": 1.0,
+            "frontend-2": 1.0,
+            "frontend-2:main": 1.0,
+        }
+    }
+    assert report_processes._balance(run) == "75% / 25%"
+    assert report_processes._balance({"window_cpu_s": {"frontend-1": 3.0, "frontend-1:main": 3.0}}) == ""
 
 
 def test_the_engine_process_bounds_throughput_once_enough_frontends_feed_it() -> None:
