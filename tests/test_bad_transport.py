@@ -165,6 +165,11 @@ OVERSIZED: dict[str, tuple[str, Callable[[pb_grpc.SequencePredictorStub], Any], 
         lambda stub: stub.GetSession(pb.GetSessionRequest(session_id="x" * 5000), timeout=30),
         1,
     ),
+    "import-session-blob": (
+        "ImportSession",
+        lambda stub: stub.ImportSession(pb.ImportSessionRequest(session_id="big", blob=b"\x00" * 5000), timeout=30),
+        1,
+    ),
     # Beyond 4x the limit gRPC itself refuses before reading (admission.HARD_LIMIT_FACTOR): same code, uncounted.
     "predict-over-the-grpc-hard-limit": (
         "Predict",

@@ -213,3 +213,28 @@ def test_streams_abandoned_while_flow_control_holds_their_answers_end_quietly(tm
         server.signal()
         assert server.wait(60) == 0
     assert " ERROR " not in server.log(), server.log()
+
+
+@pytest.mark.slow
+def test_generations_abandoned_while_flow_control_holds_their_tokens_end_quietly(tmp_path) -> None:
+    """The same for Generate: a client that asks for thousands of tokens, never reads and cancels
+    once HTTP/2 flow control holds the server's write: no error in the server's log (seen once in
+    a soak: grpc logs ExecuteBatchError for a generator handler whose write fails), and the
+    server serves the next one."""
+    server = ServerProcess(tmp_path / "server.log")
+    try:
+        for k in range(3):
+            request = pb.GenerateRequest(session_id=unique_id(f"gone{k}"), prompt_text="a", max_tokens=4096, seed=k)
+            # No automatic window growth: 4,096 answers of ~35 bytes overflow HTTP/2's first 64 KB window.
+            channel = grpc.insecure_channel(server.address, [("grpc.http2.bdp_probe", 0)])
+            call = pb_grpc.SequencePredictorStub(channel).Generate(request, timeout=60)
+            time.sleep(2)  # the window is full; the server's next write waits for a client that never reads
+            call.cancel()
+            channel.close()
+        wait_until(lambda: Metrics(server.metrics_url).value("seqpredict_streams_active") == 0, "all gone")
+        with Client(server.address) as client:
+            assert client.session(unique_id("next")).feed("abc").position == 3
+    finally:
+        server.signal()
+        assert server.wait(60) == 0
+    assert " ERROR " not in server.log(), server.log()

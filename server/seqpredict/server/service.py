@@ -272,7 +272,10 @@ class SequencePredictorService(pb_grpc.SequencePredictorServicer):
             add(id=t, text=texts[t], probability=p, log_probability=lp)
 
     # -- Generate ------------------------------------------------------------------------------------
-    async def Generate(self, request: pb.GenerateRequest, context: aio.ServicerContext):
+    async def Generate(self, request: pb.GenerateRequest, context: aio.ServicerContext) -> None:
+        """Streams the tokens as they are sampled. Written with context.write, like Predict: a
+        write that fails because the client went away while flow control held it ends the call
+        quietly, where gRPC would log a yielded one as an error."""
         v = self.validator
         try:
             check_route(routing_key(context.invocation_metadata()), request.session_id)
@@ -303,7 +306,7 @@ class SequencePredictorService(pb_grpc.SequencePredictorServicer):
                 event: GenerateEvent = await job.sink.get()  # type: ignore[union-attr]
                 if event.error is not None:
                     await abort(context, event.error)
-                yield pb.GenerateResponse(
+                answer = pb.GenerateResponse(
                     token=event.token,
                     text=self._texts[event.token],
                     position=event.position,
@@ -314,6 +317,11 @@ class SequencePredictorService(pb_grpc.SequencePredictorServicer):
                     probability=event.probability,
                     log_probability=event.log_probability,
                 )
+                try:
+                    await context.write(answer)
+                except ExecuteBatchError:  # the stream is gone (reset, cancelled): nobody left to answer
+                    log.debug("a Generate stream went away at position %d", event.position)
+                    return
                 if event.finish:
                     return
         finally:
