@@ -30,6 +30,8 @@ from tests.conftest import RunningServer
 from tests.reference import assert_top_matches, reference_probabilities
 from tests.serverproc import ServerProcess
 
+# A channel of its own connection: gRPC otherwise shares one connection among channels to a target.
+OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
 V = 82
 DECLARED = (("seqpredict-max-receive-bytes", str(64 * 1024 * 1024)),)
 BIG_CHANNEL = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
@@ -217,20 +219,25 @@ def test_streams_abandoned_while_flow_control_holds_their_answers_end_quietly(tm
 
 @pytest.mark.slow
 def test_generations_abandoned_while_flow_control_holds_their_tokens_end_quietly(tmp_path) -> None:
-    """The same for Generate: a client that asks for thousands of tokens, never reads and cancels
-    once HTTP/2 flow control holds the server's write: no error in the server's log (seen once in
-    a soak: grpc logs ExecuteBatchError for a generator handler whose write fails), and the
-    server serves the next one."""
+    """The same for Generate: clients that ask for thousands of tokens, never read and cancel once
+    HTTP/2 flow control holds the server's write: no error in the server's log (seen in soaks: grpc
+    logs ExecuteBatchError when the failed write, or the status after it, is handled before the
+    cancellation), and the server serves the next one. Rounds of 8 at once, to meet that race."""
     server = ServerProcess(tmp_path / "server.log")
     try:
-        for k in range(3):
-            request = pb.GenerateRequest(session_id=unique_id(f"gone{k}"), prompt_text="a", max_tokens=4096, seed=k)
-            # No automatic window growth: 4,096 answers of ~35 bytes overflow HTTP/2's first 64 KB window.
-            channel = grpc.insecure_channel(server.address, [("grpc.http2.bdp_probe", 0)])
-            call = pb_grpc.SequencePredictorStub(channel).Generate(request, timeout=60)
-            time.sleep(2)  # the window is full; the server's next write waits for a client that never reads
-            call.cancel()
-            channel.close()
+        for k in range(4):
+            calls, channels = [], []
+            for n in range(8):
+                request = pb.GenerateRequest(
+                    session_id=unique_id(f"gone{k}-{n}"), prompt_text="a", max_tokens=4096, seed=n
+                )
+                # No automatic window growth: 4,096 answers of ~35 bytes overflow HTTP/2's first 64 KB window.
+                channels.append(grpc.insecure_channel(server.address, [*OWN_CONNECTION, ("grpc.http2.bdp_probe", 0)]))
+                calls.append(pb_grpc.SequencePredictorStub(channels[-1]).Generate(request, timeout=60))
+            time.sleep(2)  # every window is full; the server's next writes wait for clients that never read
+            for call, channel in zip(calls, channels, strict=True):
+                call.cancel()
+                channel.close()
         wait_until(lambda: Metrics(server.metrics_url).value("seqpredict_streams_active") == 0, "all gone")
         with Client(server.address) as client:
             assert client.session(unique_id("next")).feed("abc").position == 3

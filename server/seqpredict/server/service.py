@@ -53,6 +53,8 @@ from seqpredict.v1 import seqpredict_pb2_grpc as pb_grpc
 log = logging.getLogger(__name__)
 
 GRPC_CODES = {c.value[0]: c for c in grpc.StatusCode}
+# How long a handler whose write failed waits for gRPC to cancel it (it happens within a loop turn or two).
+CLIENT_GONE_WAIT_S = 1.0
 POSITION_METADATA = "seqpredict-position"
 INCARNATION_METADATA = "seqpredict-incarnation"
 _FINISH = {"max_tokens": pb.FINISH_REASON_MAX_TOKENS, "stop": pb.FINISH_REASON_STOP}
@@ -68,6 +70,15 @@ async def abort(context: aio.ServicerContext, error: RequestFailed) -> None:
     if error.incarnation is not None:
         trailing += ((INCARNATION_METADATA, str(error.incarnation)),)
     await context.abort(GRPC_CODES[int(error.code)], error.message, trailing_metadata=trailing)
+
+
+async def client_gone(what: str) -> None:
+    """After a write failed because the client went away: let gRPC notice the cancellation, which
+    cancels this handler and ends the call quietly. gRPC may run the failed write's callback first;
+    a handler that returned at once then had gRPC send a status on the dead call and log that
+    failure as an error (GRPC_CALL_ERROR_TOO_MANY_OPERATIONS, seen in a soak)."""
+    log.debug("%s", what)
+    await asyncio.sleep(CLIENT_GONE_WAIT_S)
 
 
 def _optional(message: object, name: str) -> int | None:
@@ -191,7 +202,7 @@ class SequencePredictorService(pb_grpc.SequencePredictorServicer):
                 try:
                     await context.write(render(unit))
                 except ExecuteBatchError:  # the stream is gone (reset, cancelled): nobody left to answer
-                    log.debug("a Predict stream went away with %d answer(s) unsent", answers.outstanding)
+                    await client_gone(f"a Predict stream went away with {answers.outstanding} answer(s) unsent")
                     return
                 answers.sent(unit)
         finally:
@@ -320,7 +331,7 @@ class SequencePredictorService(pb_grpc.SequencePredictorServicer):
                 try:
                     await context.write(answer)
                 except ExecuteBatchError:  # the stream is gone (reset, cancelled): nobody left to answer
-                    log.debug("a Generate stream went away at position %d", event.position)
+                    await client_gone(f"a Generate stream went away at position {event.position}")
                     return
                 if event.finish:
                     return
