@@ -131,9 +131,12 @@ class EngineLoop:
                 jobs.append(job)
             refused += self.scheduler.submit_many(jobs)
             for wire_id in message.cancels:
-                job = self.jobs.get((peer, wire_id))
+                # The frontend has forgotten the job, so nothing it does from now on is sent: forget it
+                # here too. A job that has not started is dropped unrun and never delivers again.
+                job = self.jobs.pop((peer, wire_id), None)
                 if job is not None:
                     job.cancelled = True
+                    del self.origin[id(job)]
         for job, _error in refused:
             job.done = True
         self._send(refused)  # type: ignore[arg-type]
