@@ -1,8 +1,9 @@
 """Property: any sequence of requests keeps the server's session bookkeeping equal to a tiny model of it.
 
 Hypothesis drives random sequences — feeds (ids or text, 0-12 tokens, with reset / end /
-a right or wrong expected_position or expected_incarnation), short Generates, GetSession,
-EndSession, ForkSession, ExportSession + ImportSession, and bad requests (bad id,
+a right or wrong expected_position or expected_incarnation, scored or not), short Generates,
+GetSession, EndSession, ForkSession, ExportSession + ImportSession, ListSessions in pages of
+any size, and bad requests (bad id,
 out-of-range token, unknown character, top_k out of range) — over three session ids against
 one real server. The model is a dict id → tokens consumed, and id → incarnation as answers
 name them; every answer must agree with it: codes, positions, `created`, `ended`,
@@ -60,8 +61,8 @@ def machine(servers: Sequence[Any], model: CharRNN, vocab: Vocabulary) -> type[R
     class SessionBookkeeping(RuleBasedStateMachine):
         def __init__(self) -> None:
             super().__init__()
-            prefix = unique_id("prop")
-            self.ids = [f"{prefix}-{i}" for i in range(SESSIONS)]
+            self.prefix = unique_id("prop") + "-"
+            self.ids = [f"{self.prefix}{i}" for i in range(SESSIONS)]
             self.history: dict[str, list[int]] = {}  # the reference model: id → tokens consumed
             self.incarnation: dict[str, int] = {}  # id → its incarnation, as the server named it
             self.stubs = [server.stub() for server in servers]
@@ -132,10 +133,13 @@ def machine(servers: Sequence[Any], model: CharRNN, vocab: Vocabulary) -> type[R
             how=expectation,
             reset=sometimes,
             end=sometimes,
+            score=st.booleans(),
         )
-        def feed(self, i: int, data: st.DataObject, as_text: bool, how: str, reset: bool, end: bool) -> None:
+        def feed(
+            self, i: int, data: st.DataObject, as_text: bool, how: str, reset: bool, end: bool, score: bool
+        ) -> None:
             sid = self.ids[i]
-            fields: dict[str, Any] = {"session_id": sid, "reset": reset, "end": end, "top_k": 5}
+            fields: dict[str, Any] = {"session_id": sid, "reset": reset, "end": end, "top_k": 5, "score": score}
             if as_text:
                 fields["text"] = data.draw(text, label="text")
                 fed = vocab.encode(fields["text"])
@@ -152,7 +156,14 @@ def machine(servers: Sequence[Any], model: CharRNN, vocab: Vocabulary) -> type[R
             base = self.history[sid] if exists and not reset else []
             now = base + fed
             assert (answer.created, answer.ended, answer.position) == (not exists, end, len(now))
-            assert_top_matches(answer.next, reference_probabilities(model, now)[len(now)], f"feed {sid}")
+            reference = reference_probabilities(model, now)
+            assert_top_matches(answer.next, reference[len(now)], f"feed {sid}")
+            if score:  # each fed token's log-probability under the state before it, and their sum
+                expected = [reference[len(base) + k][t].log().item() for k, t in enumerate(fed)]
+                assert answer.token_log_probs == pytest.approx(expected, abs=1e-4)
+                assert answer.log_prob_sum == pytest.approx(sum(expected), abs=1e-3)
+            else:
+                assert not answer.token_log_probs and answer.log_prob_sum == 0
             self.named(sid, answer.incarnation, fresh=not exists or reset)
             if end:
                 self.forget(sid)
@@ -213,6 +224,18 @@ def machine(servers: Sequence[Any], model: CharRNN, vocab: Vocabulary) -> type[R
                 return
             info = self.stub.GetSession(pb.GetSessionRequest(session_id=sid), timeout=60)
             assert (info.position, info.incarnation) == (self.position(sid), self.incarnation[sid])
+
+        @rule(page_size=st.integers(1, SESSIONS + 1))
+        def list_sessions(self, page_size: int) -> None:
+            """Every live session of this machine once, in name order, as the model has it."""
+            listed, token = [], ""
+            while True:
+                request = pb.ListSessionsRequest(prefix=self.prefix, page_size=page_size, page_token=token)
+                page = self.stub.ListSessions(request, timeout=60)
+                listed += [(info.session_id, info.position, info.incarnation) for info in page.sessions]
+                if not (token := page.next_page_token):
+                    break
+            assert listed == [(sid, self.position(sid), self.incarnation[sid]) for sid in sorted(self.history)]
 
         @rule(i=session)
         def end_session(self, i: int) -> None:
