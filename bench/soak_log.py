@@ -11,7 +11,8 @@ from __future__ import annotations
 import re
 from collections import Counter
 
-# Why each known line appears, in the words the report prints next to its count.
+# Why each known line appears, in the words the report prints next to its count; each is matched by
+# its pattern over the whole record (the log line and the traceback under it).
 KNOWN = {
     "ExecuteBatchError raised in core by servicer method [/seqpredict.v1.SequencePredictor/Predict]": (
         "grpc's asyncio server (grpc._cython.cygrpc) logs this, with a traceback, when a client cancels a "
@@ -19,23 +20,51 @@ KNOWN = {
         "never reads does on purpose to every stream it abandons. The call is over either way; the "
         "server's own bookkeeping (streams_active, streams_paused) returns to where it was."
     ),
+    "ExecuteBatchError raised in core by servicer method […] failing only its final status": (
+        "grpc's asyncio server logs this when a call's handler has finished and sent every answer, and the "
+        "client goes away (it cancels, or its deadline passes: the soak does both on purpose) just as gRPC "
+        "sends the final status, before gRPC has processed the client's close: the status alone fails. "
+        "Nothing of the call is lost; grpc ignores the same failure once it knows the client closed."
+    ),
+}
+_PATTERNS = {
+    line: re.compile(pattern, re.DOTALL)
+    for line, pattern in zip(
+        KNOWN,
+        (
+            re.escape(next(iter(KNOWN))),
+            r"ExecuteBatchError raised in core by servicer method \[[^\]]+\].*"
+            r'ExecuteBatchError: Failed "execute_batch": \(<grpc\._cython\.cygrpc\.SendStatusFromServerOperation'
+            r"[^,]*,\)$",
+        ),
+        strict=True,
+    )
 }
 UNEXPLAINED = "unexplained"
-_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (\w+) \S+: (.*)$")
+# A log record: time, level, the process's role in brackets (the multi-process server), logger, message.
+_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (\w+) (?:\[[^\]]+\] )?\S+: (.*)$")
 
 
 def log_errors(text: str) -> Counter[str]:
-    """ERROR and CRITICAL records by the KNOWN line they match, or UNEXPLAINED; stray tracebacks count as
-    UNEXPLAINED."""
+    """ERROR and CRITICAL records (with the traceback under each) by the KNOWN line whose pattern they
+    match, or UNEXPLAINED; stray tracebacks count as UNEXPLAINED."""
     found: Counter[str] = Counter()
-    in_error = False
+    error: list[str] | None = None  # the ERROR record being read, line by line
+
+    def close() -> None:
+        if error is not None:
+            whole = "\n".join(error).rstrip()
+            found[next((k for k, p in _PATTERNS.items() if p.match(whole)), UNEXPLAINED)] += 1
+
     for line in text.splitlines():
         record = _RECORD.match(line)
         if record:
+            close()
             level, message = record.groups()
-            in_error = level in ("ERROR", "CRITICAL")
-            if in_error:
-                found[next((k for k in KNOWN if message.startswith(k)), UNEXPLAINED)] += 1
-        elif line.startswith("Traceback") and not in_error:
+            error = [message] if level in ("ERROR", "CRITICAL") else None
+        elif error is not None:
+            error.append(line)
+        elif line.startswith("Traceback"):
             found[UNEXPLAINED] += 1
+    close()
     return found

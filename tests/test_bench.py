@@ -236,6 +236,29 @@ def test_the_server_log_errors_are_explained_or_counted_against_the_run() -> Non
     assert soak_log.log_errors("2026-11-30 13:33:07,001 INFO seqpredict.server: stopped\n") == {}
 
 
+def test_log_records_of_the_multi_process_server_are_read_with_their_role_and_traceback() -> None:
+    """Records carry the process's role in brackets; an ERROR without a traceback still counts, and a
+    failed final status is known only when the status is all that failed."""
+    predict, status_only = soak_log.KNOWN
+    core = "2026-11-30 20:25:25,060 ERROR [frontend-1] grpc._cython.cygrpc: ExecuteBatchError raised in core by "
+    failed = 'grpc._cython.cygrpc.ExecuteBatchError: Failed "execute_batch": (<grpc._cython.cygrpc.{} object at 0x7>,)'
+    log = "\n".join(
+        [
+            core + "servicer method [/seqpredict.v1.SequencePredictor/Generate]",
+            "Traceback (most recent call last):",
+            '  File "callback_common.pyx.pxi", line 99, in execute_batch',
+            failed.format("SendStatusFromServerOperation"),
+            core + "servicer method [/seqpredict.v1.SequencePredictor/Generate]",
+            "Traceback (most recent call last):",
+            failed.format("SendMessageOperation"),
+            core + "servicer method [/seqpredict.v1.SequencePredictor/Predict]",
+            "2026-11-30 20:25:26,000 ERROR [engine] seqpredict.server.engine_loop: cannot encode an answer",
+            "2026-11-30 20:25:27,000 INFO [engine] seqpredict.server.engine_side: expired 1 idle session(s)",
+        ]
+    )
+    assert soak_log.log_errors(log) == {status_only: 1, predict: 1, soak_log.UNEXPLAINED: 2}
+
+
 class _Scrape:
     """The final metrics scrape, as soak_report reads it."""
 
