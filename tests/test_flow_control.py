@@ -192,6 +192,16 @@ def test_a_paused_stream_does_not_hold_up_other_streams(limited: RunningServer, 
     channel.close()
 
 
+def ends_quietly(server: ServerProcess) -> None:
+    """Every stream is gone, the next client is served, the drain exits 0, and no error was logged."""
+    wait_until(lambda: Metrics(server.metrics_url).value("seqpredict_streams_active") == 0, "all gone")
+    with Client(server.address) as client:
+        assert client.session(unique_id("next")).feed("abc").position == 3
+    server.signal()
+    assert server.wait(60) == 0
+    assert " ERROR " not in server.log(), server.log()
+
+
 @pytest.mark.slow
 def test_streams_abandoned_while_flow_control_holds_their_answers_end_quietly(tmp_path) -> None:
     """A client that stops reading, then cancels: its stream ends without an error in the server's
@@ -208,13 +218,9 @@ def test_streams_abandoned_while_flow_control_holds_their_answers_end_quietly(tm
             time.sleep(1)  # the server's write of an answer is held by flow control when the client goes
             call.cancel()
             requests.stop.set()
-        wait_until(lambda: Metrics(server.metrics_url).value("seqpredict_streams_active") == 0, "all gone")
-        with Client(server.address) as client:
-            assert client.session(unique_id("next")).feed("abc").position == 3
+        ends_quietly(server)
     finally:
-        server.signal()
-        assert server.wait(60) == 0
-    assert " ERROR " not in server.log(), server.log()
+        server.kill()
 
 
 @pytest.mark.slow
@@ -238,10 +244,6 @@ def test_generations_abandoned_while_flow_control_holds_their_tokens_end_quietly
             for call, channel in zip(calls, channels, strict=True):
                 call.cancel()
                 channel.close()
-        wait_until(lambda: Metrics(server.metrics_url).value("seqpredict_streams_active") == 0, "all gone")
-        with Client(server.address) as client:
-            assert client.session(unique_id("next")).feed("abc").position == 3
+        ends_quietly(server)
     finally:
-        server.signal()
-        assert server.wait(60) == 0
-    assert " ERROR " not in server.log(), server.log()
+        server.kill()
