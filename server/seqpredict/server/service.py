@@ -72,13 +72,20 @@ async def abort(context: aio.ServicerContext, error: RequestFailed) -> None:
     await context.abort(GRPC_CODES[int(error.code)], error.message, trailing_metadata=trailing)
 
 
-async def client_gone(what: str) -> None:
-    """After a write failed because the client went away: let gRPC notice the cancellation, which
-    cancels this handler and ends the call quietly. gRPC may run the failed write's callback first;
-    a handler that returned at once then had gRPC send a status on the dead call and log that
-    failure as an error (GRPC_CALL_ERROR_TOO_MANY_OPERATIONS, seen in a soak)."""
-    log.debug("%s", what)
-    await asyncio.sleep(CLIENT_GONE_WAIT_S)
+async def written(context: aio.ServicerContext, answer: Any, rpc: str) -> bool:
+    """Write one answer of a streaming call; False when the client has gone (reset, cancelled).
+
+    Streaming handlers write rather than yield so that this failure is theirs to end quietly. On it,
+    the handler waits for gRPC to notice the cancellation, which cancels the handler and ends the call
+    without an error: gRPC may run the failed write's callback first, and a handler that returned at
+    once had gRPC send a status on the dead call and log that as an error (seen in a soak)."""
+    try:
+        await context.write(answer)
+        return True
+    except ExecuteBatchError:
+        log.debug("a %s stream went away", rpc)
+        await asyncio.sleep(CLIENT_GONE_WAIT_S)
+        return False
 
 
 def _optional(message: object, name: str) -> int | None:
@@ -162,11 +169,7 @@ class SequencePredictorService(pb_grpc.SequencePredictorServicer):
         render: Callable[[Unit], Any],
     ) -> None:
         """Read requests in a task of their own (so many can be in flight, up to the window);
-        write the answers in order.
-
-        Written with context.write rather than yielded: a write that fails because the client went
-        away (it cancelled while flow control held the answer) is then ours to end quietly, where
-        gRPC would log a yielded one as an error."""
+        write the answers in order (`written`: a client that went away ends the call quietly)."""
         answers = OrderedAnswers(self.window)
         failure: list[Exception] = []
         metrics = self.metrics
@@ -199,10 +202,7 @@ class SequencePredictorService(pb_grpc.SequencePredictorServicer):
                 if unit.marker == DRAINED:
                     # Everything received before the drain was answered above; nothing after it was applied.
                     await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is draining; reconnect to continue")
-                try:
-                    await context.write(render(unit))
-                except ExecuteBatchError:  # the stream is gone (reset, cancelled): nobody left to answer
-                    await client_gone(f"a Predict stream went away with {answers.outstanding} answer(s) unsent")
+                if not await written(context, render(unit), "Predict"):
                     return
                 answers.sent(unit)
         finally:
@@ -284,9 +284,7 @@ class SequencePredictorService(pb_grpc.SequencePredictorServicer):
 
     # -- Generate ------------------------------------------------------------------------------------
     async def Generate(self, request: pb.GenerateRequest, context: aio.ServicerContext) -> None:
-        """Streams the tokens as they are sampled. Written with context.write, like Predict: a
-        write that fails because the client went away while flow control held it ends the call
-        quietly, where gRPC would log a yielded one as an error."""
+        """Streams the tokens as they are sampled, each written (not yielded) as Predict's are."""
         v = self.validator
         try:
             check_route(routing_key(context.invocation_metadata()), request.session_id)
@@ -328,12 +326,7 @@ class SequencePredictorService(pb_grpc.SequencePredictorServicer):
                     probability=event.probability,
                     log_probability=event.log_probability,
                 )
-                try:
-                    await context.write(answer)
-                except ExecuteBatchError:  # the stream is gone (reset, cancelled): nobody left to answer
-                    await client_gone(f"a Generate stream went away at position {event.position}")
-                    return
-                if event.finish:
+                if not await written(context, answer, "Generate") or event.finish:
                     return
         finally:
             self.metrics.streams_active.dec()

@@ -26,6 +26,7 @@ import signal
 import socket
 import tempfile
 import time
+from collections.abc import Iterable
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 
@@ -119,7 +120,7 @@ class Supervisor:
         _, self.card, self.engine_metrics = message
         log.info("engine process ready (pid %d)", self.engine.pid)
 
-    def _start_frontends(self, indices: range | list[int]) -> None:
+    def _start_frontends(self, indices: Iterable[int]) -> None:
         """Start the frontends at once (each imports gRPC on its own core), then wait for each."""
         assert self.engine is not None and self.card is not None
         pipes = {}
@@ -255,7 +256,7 @@ class Supervisor:
 
     def _ready(self) -> str | None:
         """Every frontend's /readyz answered 200: the first that says it is degraded, or ok."""
-        # Not while one is still starting, or restarting.
+        # Not while one is still starting (a restarting one's old port does not answer the probe).
         if not self._live() or len(self.frontend_metrics) < self.settings.frontends:
             return None
         bodies = [probe(f"http://127.0.0.1:{p}/readyz") for p in self.frontend_metrics.values()]
