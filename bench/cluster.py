@@ -2,7 +2,7 @@
 
 The parts are the real ones the tests start (tests/cluster/): Debian's redis-server with
 append-only persistence, replicas that are each a whole server (`seqpredict-server`: a
-supervisor, the engine process and its default frontends), and nginx running the shipped
+supervisor, the engine process and one frontend), and nginx running the shipped
 deploy/nginx/nginx.conf rendered onto loopback. Every call of the load carries its session
 id in `x-session-id` metadata, which nginx hashes on (bench/loadgen.py --session-header).
 

@@ -95,9 +95,9 @@ def section(cluster: dict[str, Any] | None) -> list[str]:
     parts = [
         *head,
         "The real parts the tests run (tests/cluster/): Debian's redis-server with append-only persistence "
-        "(appendfsync everysec), replicas that are each a whole `seqpredict-server` with default settings "
-        "(supervisor, engine process, frontends), and nginx running the shipped deploy/nginx/nginx.conf rendered "
-        "onto loopback. Each row starts its parts fresh. The load: "
+        "(appendfsync everysec), replicas that are each a whole `seqpredict-server` with one frontend "
+        "(supervisor, engine process, a frontend: three replicas on two cores), and nginx running the shipped "
+        "deploy/nginx/nginx.conf rendered onto loopback. Each row starts its parts fresh. The load: "
         f"{plan.get('sessions', '?')} sessions, single tokens ping-pong on one Predict stream each, over "
         f"{plan.get('channels', '?')} connections, every call carrying `x-session-id` (nginx hashes on it); "
         f"{plan.get('warmup', '?')} s warm-up, {plan.get('duration', '?')} s measured. Latency is per request "

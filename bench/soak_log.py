@@ -11,34 +11,32 @@ from __future__ import annotations
 import re
 from collections import Counter
 
-# Why each known line appears, in the words the report prints next to its count; each is matched by
-# its pattern over the whole record (the log line and the traceback under it).
+ABANDONED_PREDICT = "ExecuteBatchError raised in core by servicer method [/seqpredict.v1.SequencePredictor/Predict]"
+STATUS_ONLY = "ExecuteBatchError raised in core by servicer method […] failing only its final status"
+# Why each known line appears, in the words the report prints next to its count.
 KNOWN = {
-    "ExecuteBatchError raised in core by servicer method [/seqpredict.v1.SequencePredictor/Predict]": (
+    ABANDONED_PREDICT: (
         "grpc's asyncio server (grpc._cython.cygrpc) logs this, with a traceback, when a client cancels a "
         "Predict stream while an answer to it is waiting for HTTP/2 flow control — what the client that "
         "never reads does on purpose to every stream it abandons. The call is over either way; the "
         "server's own bookkeeping (streams_active, streams_paused) returns to where it was."
     ),
-    "ExecuteBatchError raised in core by servicer method […] failing only its final status": (
+    STATUS_ONLY: (
         "grpc's asyncio server logs this when a call's handler has finished and sent every answer, and the "
         "client goes away (it cancels, or its deadline passes: the soak does both on purpose) just as gRPC "
         "sends the final status, before gRPC has processed the client's close: the status alone fails. "
         "Nothing of the call is lost; grpc ignores the same failure once it knows the client closed."
     ),
 }
+# Each known line's pattern over the whole record: the log line and the traceback under it.
 _PATTERNS = {
-    line: re.compile(pattern, re.DOTALL)
-    for line, pattern in zip(
-        KNOWN,
-        (
-            re.escape(next(iter(KNOWN))),
-            r"ExecuteBatchError raised in core by servicer method \[[^\]]+\].*"
-            r'ExecuteBatchError: Failed "execute_batch": \(<grpc\._cython\.cygrpc\.SendStatusFromServerOperation'
-            r"[^,]*,\)$",
-        ),
-        strict=True,
-    )
+    ABANDONED_PREDICT: re.compile(re.escape(ABANDONED_PREDICT)),
+    STATUS_ONLY: re.compile(
+        r"ExecuteBatchError raised in core by servicer method \[[^\]]+\].*"
+        r'ExecuteBatchError: Failed "execute_batch": \(<grpc\._cython\.cygrpc\.SendStatusFromServerOperation'
+        r"[^,]*,\)$",
+        re.DOTALL,
+    ),
 }
 UNEXPLAINED = "unexplained"
 # A log record: time, level, the process's role in brackets (the multi-process server), logger, message.
